@@ -1,0 +1,29 @@
+"""Command line: `python -m fvexp [overrides]` or the `fvexp` script, one Hydra job per run."""
+
+from __future__ import annotations
+
+import sys
+
+import hydra
+from omegaconf import DictConfig
+
+from fvexp.config import register
+
+_exit_codes: list[int] = []  # one per job of this process; a sweep goes on past a failed job
+
+
+@hydra.main(version_base="1.3", config_path="../conf", config_name="config")
+def _job(cfg: DictConfig) -> None:
+    from fvexp.run import run_job  # heavy imports (torch, mlflow) only when a job really runs
+
+    _exit_codes.append(run_job(cfg))
+
+
+def main() -> None:
+    register()
+    _job()
+    sys.exit(max(_exit_codes, default=0))
+
+
+if __name__ == "__main__":
+    main()

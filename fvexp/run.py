@@ -1,0 +1,158 @@
+"""One fvexp job: build the pieces from the config, check them, render, save and record.
+
+Whatever happens, what the run produced is kept: the images are saved, the MLflow run ends
+FINISHED, FAILED (with the error as a tag) or KILLED, and bad input gets one clear message.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+from hydra.core.hydra_config import HydraConfig
+from hydra.errors import InstantiationException
+from hydra.types import RunMode
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from fvexp.config import thresholds, validate
+from fvexp.core import NonFiniteObjective, render
+from fvexp.environment import describe
+from fvexp.errors import FvexpError
+from fvexp.images import picture, save
+from fvexp.models import FeatureModel
+from fvexp.objectives import Objective
+from fvexp.tracking import NullTracker
+from fvexp.transforms import Compose
+
+PROBE_SIZE = 256  # a multiple of every stride, to read each layer's stride from its map size
+
+
+def run_job(cfg: DictConfig) -> int:
+    """Hydra's job: run, print the image path last, and return the process exit code."""
+    hydra = HydraConfig.get()
+    try:
+        image, interrupted = run(cfg, Path(hydra.runtime.output_dir), list(hydra.overrides.task),
+                                 name=hydra.job.override_dirname or None)
+    except NonFiniteObjective as error:
+        print(error.kept)
+        print(f"fvexp: error: {error}", file=sys.stderr)
+        return 1
+    except FvexpError as error:
+        print(f"fvexp: error: {error}", file=sys.stderr)
+        return 2
+    print(image)
+    if interrupted and hydra.mode == RunMode.MULTIRUN:
+        raise KeyboardInterrupt  # this job is saved; Ctrl-C also stops the rest of the sweep
+    return 130 if interrupted else 0
+
+
+def run(cfg: DictConfig, out_dir: Path, overrides: list[str], name: str | None = None) -> tuple[Path, bool]:
+    """Render the configured visualization into `out_dir`; return the image path and if interrupted."""
+    validate(cfg)
+    device = resolve_device(cfg.device)
+    settings = OmegaConf.to_container(cfg, resolve=True)
+    tracker: NullTracker = build(cfg.tracking)
+    tracker.start(name, dict(flatten(settings)), {**describe(device), "overrides": " ".join(overrides)},
+                  {"config.yaml": settings, "overrides.yaml": overrides})
+    try:
+        image, interrupted = _render(cfg, out_dir, device, tracker)
+    except KeyboardInterrupt:
+        tracker.finish("KILLED", "interrupted")
+        raise
+    except NonFiniteObjective as error:
+        error.kept = save(error.image, out_dir / "image.png")
+        tracker.log_file(error.kept)
+        tracker.finish("FAILED", str(error))
+        raise
+    except Exception as error:
+        tracker.finish("FAILED", f"{type(error).__name__}: {error}")
+        raise
+    tracker.finish("KILLED" if interrupted else "FINISHED")
+    return image, interrupted
+
+
+def _render(cfg: DictConfig, out_dir: Path, device: torch.device, tracker: NullTracker) -> tuple[Path, bool]:
+    torch.manual_seed(cfg.seed)
+    model: FeatureModel = build(cfg.model).to(device)
+    objective: Objective = build(cfg.objective)
+    transforms: Compose = build(cfg.transforms)
+    check_fits(model, objective, transforms, cfg.render.size)
+    param = build(cfg.param)(batch=cfg.render.batch, size=cfg.render.size).to(device)
+
+    def keep(step: int, images: torch.Tensor) -> None:
+        save(images, out_dir / "steps" / f"step_{step:05d}.png")
+        tracker.log_image(picture(images), step)
+
+    started = time.perf_counter()
+    result = render(model, objective, param, transforms, build(cfg.optimizer), cfg.render.steps, cfg.seed,
+                    thresholds=thresholds(cfg), on_step=tracker.log_step, on_threshold=keep,
+                    progress=cfg.progress)
+    seconds = time.perf_counter() - started
+    image = save(result.image, out_dir / "image.png")
+    tracker.log_file(image)
+    if result.values:
+        tracker.log_metrics({"objective_final": result.values[-1], "steps_done": len(result.values),
+                             "seconds_per_step": seconds / len(result.values)})
+    return image, result.interrupted
+
+
+def check_fits(model: FeatureModel, objective: Objective, transforms: Compose, size: int) -> None:
+    """Reject an image too small for the objective's layers, then let the objective check itself.
+
+    A layer of stride s needs at least s pixels of image for one full position, both in the image
+    itself and in what the model sees after the transforms (which may crop it).
+    """
+    layers = sorted(objective.layers)
+    at_probe = model.probe(layers, PROBE_SIZE)
+    needs = {layer: PROBE_SIZE // shape[-1] if len(shape) == 4 else model.min_size
+             for layer, shape in at_probe.items()}
+    layer, need = max(needs.items(), key=lambda item: item[1], default=("", 1))
+    seen = transforms.min_output(size)
+    if size < need or seen < need:
+        minimum = next(s for s in range(need, 100 * need + size) if transforms.min_output(s) >= need)
+        raise FvexpError(
+            f"render.size={size} is too small for layer {layer!r}, which needs at least {need} px of image "
+            f"(after the transforms the model may see only {max(seen, 0)} px); use render.size>={minimum}"
+        )
+    objective.check(model.probe(layers, seen))
+
+
+def resolve_device(name: str) -> torch.device:
+    """`auto` picks the GPU when there is one; a named device must exist on this machine."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise FvexpError(f"unknown device {name!r}; use auto, cpu, cuda, cuda:N or mps") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise FvexpError(f"device={name} but this machine has no usable CUDA GPU; use device=auto or device=cpu")
+    if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
+        raise FvexpError(f"device={name} does not exist: this machine has {torch.cuda.device_count()} GPU(s)")
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise FvexpError("device=mps but MPS is not available here; use device=auto or device=cpu")
+    return device
+
+
+def build(node: DictConfig, **kwargs: Any) -> Any:
+    """`hydra.utils.instantiate`, but an fvexp error inside a constructor reaches the user unwrapped."""
+    try:
+        return instantiate(node, **kwargs)
+    except InstantiationException as error:
+        if isinstance(error.__cause__, FvexpError):
+            raise error.__cause__ from None
+        raise FvexpError(str(error).replace("\n", " ")) from None
+
+
+def flatten(tree: Mapping[str, Any], prefix: str = "") -> Iterator[tuple[str, Any]]:
+    """Nested config as (dotted.key, value) pairs, the form MLflow params take."""
+    for key, value in tree.items():
+        if isinstance(value, Mapping):
+            yield from flatten(value, f"{prefix}{key}.")
+        else:
+            yield f"{prefix}{key}", value

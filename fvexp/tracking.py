@@ -1,0 +1,129 @@
+"""Experiment tracking: every run becomes an MLflow run, so ablations can be compared side by side.
+
+MLflow is imported only inside `MlflowTracker`, because importing it costs over a second and
+`fvexp --help` or `tracking=none` should not pay for it.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from PIL import Image
+
+METRIC_BATCH = 100  # per-step metrics are sent in batches, not one database write per step
+
+
+class NullTracker:
+    """Records nothing beyond the run folder (`tracking=none`); the interface every tracker has."""
+
+    run_id: str | None = None
+
+    def start(self, name: str | None, params: Mapping[str, Any], tags: Mapping[str, str],
+              files: Mapping[str, Any]) -> None:
+        """Begin a run called `name` with flat `params`, `tags`, and `files` (artifact name -> content)."""
+
+    def log_step(self, step: int, value: float) -> None:
+        """The objective after `step`."""
+
+    def log_image(self, image: Image.Image, step: int) -> None:
+        """An image along the way, shown by the UI's step slider."""
+
+    def log_metrics(self, metrics: Mapping[str, float]) -> None:
+        """Summary numbers of the finished run."""
+
+    def log_file(self, path: Path, folder: str | None = None) -> None:
+        """A file from the run folder."""
+
+    def finish(self, status: str, error: str | None = None) -> None:
+        """End the run as FINISHED, FAILED or KILLED, keeping everything logged so far."""
+
+
+def launch_dir() -> Path:
+    """The folder the command was started from, also when a job runs in its own folder."""
+    from hydra.core.hydra_config import HydraConfig
+
+    return Path(HydraConfig.get().runtime.cwd if HydraConfig.initialized() else os.getcwd()).resolve()
+
+
+class MlflowTracker(NullTracker):
+    """Logs to MLflow: `uri`, else $MLFLOW_TRACKING_URI, else `outputs/mlflow.db` where fvexp started.
+
+    The default store is a SQLite file with artifacts beside it in `outputs/mlartifacts`, shared by
+    every run and sweep started from the same folder, so `mlflow ui` on it shows them all.
+    """
+
+    def __init__(self, uri: str | None = None, experiment: str = "fvexp", run_name: str | None = None) -> None:
+        outputs = launch_dir() / "outputs"
+        self.default_store = uri is None and not os.environ.get("MLFLOW_TRACKING_URI")
+        if self.default_store:
+            outputs.mkdir(parents=True, exist_ok=True)
+        self.uri = uri or os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{outputs / 'mlflow.db'}"
+        self.artifacts = (outputs / "mlartifacts" / experiment).as_uri()
+        self.experiment, self.run_name = experiment, run_name
+        self.pending: list[Any] = []
+
+    def start(self, name: str | None, params: Mapping[str, Any], tags: Mapping[str, str],
+              files: Mapping[str, Any]) -> None:
+        import mlflow
+
+        self.mlflow = mlflow
+        self.client = mlflow.MlflowClient(self.uri)
+        run = self.client.create_run(self._experiment_id(), run_name=self.run_name or name, tags=dict(tags))
+        self.run_id = run.info.run_id
+        from mlflow.entities import Param
+
+        self.client.log_batch(self.run_id, params=[Param(k, str(v)[:6000]) for k, v in params.items()])
+        for name, content in files.items():
+            self.client.log_dict(self.run_id, content, name)
+
+    def _experiment_id(self) -> str:
+        found = self.client.get_experiment_by_name(self.experiment)
+        if found:
+            return found.experiment_id
+        location = self.artifacts if self.default_store else None
+        try:
+            return self.client.create_experiment(self.experiment, artifact_location=location)
+        except self.mlflow.exceptions.MlflowException:  # created meanwhile by a parallel job
+            return self.client.get_experiment_by_name(self.experiment).experiment_id
+
+    def log_step(self, step: int, value: float) -> None:
+        from mlflow.entities import Metric
+
+        self.pending.append(Metric("objective", value, int(time.time() * 1000), step))
+        if len(self.pending) >= METRIC_BATCH:
+            self._flush()
+
+    def _flush(self) -> None:
+        if self.pending:
+            self.client.log_batch(self.run_id, metrics=self.pending)
+            self.pending = []
+
+    def log_image(self, image: Image.Image, step: int) -> None:
+        self._flush()
+        self.client.log_image(self.run_id, image, key="image", step=step)
+
+    def log_metrics(self, metrics: Mapping[str, float]) -> None:
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        self.client.log_batch(self.run_id, metrics=[Metric(k, float(v), now, 0) for k, v in metrics.items()])
+
+    def log_file(self, path: Path, folder: str | None = None) -> None:
+        if path.is_dir():
+            self.client.log_artifacts(self.run_id, str(path), folder)
+        else:
+            self.client.log_artifact(self.run_id, str(path), folder)
+
+    def finish(self, status: str, error: str | None = None) -> None:
+        if self.run_id is None:
+            return
+        try:
+            self._flush()
+            if error:
+                self.client.set_tag(self.run_id, "error", error[:5000])
+        finally:
+            self.client.set_terminated(self.run_id, status)

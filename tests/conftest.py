@@ -1,0 +1,55 @@
+"""Shared fixtures: the real EfficientNet-Lite0, natural photos, and a way to run the fvexp CLI."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from fvexp.models import FeatureModel, efficientnet_lite
+
+ROOT = Path(__file__).resolve().parents[1]
+PHOTOS = ["astronaut", "chelsea", "coffee", "rocket", "hubble_deep_field", "immunohistochemistry"]
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption("--slow", action="store_true", help="also run tests marked slow")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if config.getoption("--slow"):
+        return
+    skip = pytest.mark.skip(reason="slow: run with --slow (the README's test command does)")
+    for item in items:
+        if "slow" in item.keywords:
+            item.add_marker(skip)
+
+
+@pytest.fixture(scope="session")
+def model() -> FeatureModel:
+    torch.set_num_threads(min(2, os.cpu_count() or 1))
+    return efficientnet_lite()
+
+
+@pytest.fixture(scope="session")
+def photos() -> torch.Tensor:
+    """scikit-image's sample photos (shipped offline) at 224 px, in [0, 1]."""
+    import skimage.data
+
+    images = [torch.tensor(getattr(skimage.data, name)()[..., :3]).permute(2, 0, 1)[None] for name in PHOTOS]
+    return torch.cat([F.interpolate(i.float() / 255, size=(224, 224), mode="bilinear", antialias=True)
+                      for i in images])
+
+
+def fvexp(*args: str, cwd: Path, env: dict[str, str] | None = None, timeout: int = 600) -> subprocess.CompletedProcess:
+    """Run `python -m fvexp ARGS` in `cwd` the way a user would, capturing its output."""
+    environment = {**os.environ, "PYTHONPATH": str(ROOT)}
+    environment.pop("MLFLOW_TRACKING_URI", None)
+    environment.update(env or {})
+    return subprocess.run([sys.executable, "-m", "fvexp", *args], cwd=cwd, env=environment,
+                          capture_output=True, text=True, timeout=timeout)

@@ -1,0 +1,122 @@
+"""Every option of every group composes and instantiates; bad config fails at compose time by key."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from hydra.errors import ConfigCompositionException
+from omegaconf import DictConfig
+
+from fvexp.config import register, thresholds, validate
+from fvexp.errors import FvexpError
+from fvexp.run import build
+from tests.conftest import ROOT, fvexp
+
+register()
+GROUPS = {group: sorted(p.stem for p in (ROOT / "conf" / group).glob("*.yaml"))
+          for group in ["model", "objective", "param", "transforms", "optimizer", "tracking", "experiment"]}
+
+
+def make(*overrides: str) -> DictConfig:
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        return compose("config", overrides=list(overrides))
+
+
+def test_every_group_has_the_options_the_issue_names() -> None:
+    assert GROUPS["objective"] == ["channel", "class_logit", "class_prob", "layer", "neuron"]
+    assert GROUPS["param"] == ["fourier", "pixel"]
+    assert GROUPS["transforms"] == ["distill", "none", "standard"]
+    assert GROUPS["optimizer"] == ["adam", "sgd"]
+    assert GROUPS["tracking"] == ["mlflow", "none"]
+    assert GROUPS["model"] == ["efficientnet_lite0"]
+
+
+@pytest.mark.parametrize("group,option", [(g, o) for g, options in GROUPS.items() for o in options if g != "model"])
+def test_every_option_composes_and_instantiates(group: str, option: str) -> None:
+    cfg = make(f"{group}={option}")
+    validate(cfg)
+    if group == "experiment":
+        return  # an experiment only sets other groups, which are instantiated below
+    built = build(cfg[group])
+    if group == "param":
+        images = built(batch=2, size=32)()
+        assert images.shape == (2, 3, 32, 32)
+    elif group == "optimizer":
+        import torch
+
+        assert isinstance(built([torch.nn.Parameter(torch.zeros(1))]), torch.optim.Optimizer)
+    else:
+        assert built is not None
+
+
+def test_the_model_option_instantiates_the_real_network() -> None:
+    model = build(make().model)
+    assert type(model.net).__name__ == "EfficientNet" and model.classes[1] == "goldfish"
+    assert not any(p.requires_grad for p in model.parameters()) and not model.training
+
+
+def test_defaults_are_the_article_optimizer_and_a_short_run() -> None:
+    cfg = make()
+    assert cfg.optimizer.lr == 0.05 and cfg.optimizer._target_ == "torch.optim.Adam"
+    assert cfg.objective._target_.endswith("channel") and cfg.param._target_.endswith("Fourier")
+    assert thresholds(cfg) == [16, 32, 64, 128, 256, 512]
+
+
+def test_the_distill_preset_is_the_article_recipe() -> None:
+    cfg = make("experiment=distill")
+    assert cfg.render.steps == 2560 and cfg.optimizer.lr == 0.05 and cfg.param.decorrelate
+    kinds = [piece._target_.rsplit(".", 1)[1] for piece in cfg.transforms.pieces]
+    assert kinds == ["Pad", "Jitter", "Scale", "Rotate", "Jitter", "Crop"]
+    assert list(cfg.transforms.pieces[2].factors) == [1.0, 0.975, 1.025, 0.95, 1.05]
+    assert list(cfg.transforms.pieces[3].degrees) == list(range(-5, 6))
+
+
+@pytest.mark.parametrize("override,names", [
+    ("objective.chanel=3", "objective.chanel"),
+    ("render.stesp=3", "render.stesp"),
+    ("objective.channel=five", "objective.channel"),
+    ("param.sd=big", "param.sd"),
+])
+def test_misspelt_keys_and_wrong_types_fail_at_compose_time_naming_the_key(override: str, names: str) -> None:
+    with pytest.raises(ConfigCompositionException) as error:
+        make(override)
+    assert names in str(error.value.__cause__ or error.value)
+
+
+@pytest.mark.parametrize("override,message", [
+    ("render.steps=-5", "render.steps=-5 is not allowed: render.steps must be a positive"),
+    ("render.size=0", "render.size=0 is not allowed"),
+    ("render.batch=0", "render.batch=0 is not allowed"),
+    ("render.thresholds=[0,600]", "steps between 1 and render.steps=512"),
+    ("optimizer.lr=-0.1", "optimizer.lr=-0.1 is not allowed"),
+])
+def test_out_of_range_values_name_the_key(override: str, message: str) -> None:
+    with pytest.raises(FvexpError, match=message.replace("[", r"\[").replace(".", r"\.")):
+        validate(make(override))
+
+
+def test_unknown_group_option_lists_the_options(tmp_path: Path) -> None:
+    done = fvexp("objective=chanel", "--cfg", "job", cwd=tmp_path)
+    assert done.returncode != 0
+    assert "Could not find 'objective/chanel'" in done.stderr
+    for option in GROUPS["objective"]:
+        assert option in done.stderr
+
+
+def test_help_lists_groups_under_the_name_fvexp_without_importing_mlflow_or_torch(tmp_path: Path) -> None:
+    done = fvexp("--help", cwd=tmp_path, env={"PYTHONPROFILEIMPORTTIME": "1"})
+    assert done.returncode == 0
+    assert done.stdout.startswith("fvexp:")
+    assert "objective: channel, class_logit, class_prob, layer, neuron" in done.stdout
+    assert "param: fourier, pixel" in done.stdout and "transforms: distill, none, standard" in done.stdout
+    assert "schema" not in done.stdout  # the schemas are not options
+    imported = {line.rsplit("|", 1)[-1].strip() for line in done.stderr.splitlines() if "|" in line}
+    assert "mlflow" not in imported and "torch" not in imported
+
+
+def test_tab_completion_offers_group_options(tmp_path: Path) -> None:
+    done = fvexp("-sc", "query=bash", cwd=tmp_path, env={"COMP_LINE": "fvexp objective=cha", "COMP_POINT": "19"})
+    assert done.returncode == 0
+    assert "objective=channel" in done.stdout

@@ -1,0 +1,81 @@
+"""The optimization core: it raises the objective, is deterministic, and stops cleanly when it must."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from fvexp import objectives
+from fvexp.core import NonFiniteObjective, render
+from fvexp.objectives import Objective
+from fvexp.params import Fourier
+from fvexp.transforms import Compose, Jitter
+
+
+def adam(params):
+    return torch.optim.Adam(params, lr=0.05)
+
+
+def short_run(model, objective, steps=8, seed=0, **kwargs):
+    torch.manual_seed(seed)
+    return render(model, objective, Fourier(1, 64), Compose([Jitter(4)]), adam, steps, seed, progress=False, **kwargs)
+
+
+def hooks(model) -> int:
+    return sum(len(m._forward_hooks) for m in model.modules())
+
+
+def test_objective_rises_thresholds_fire_and_hooks_are_removed(model) -> None:
+    kept: dict[int, torch.Tensor] = {}
+    seen: list[int] = []
+    result = short_run(model, objectives.channel("_blocks.4", 3), steps=12, thresholds={4, 12},
+                       on_step=lambda step, value: seen.append(step),
+                       on_threshold=lambda step, image: kept.__setitem__(step, image))
+    assert result.values[-1] > result.values[0] + 1
+    assert seen == list(range(1, 13)) and sorted(kept) == [4, 12]
+    assert torch.equal(kept[12], result.image) and not result.interrupted
+    assert hooks(model) == 0
+
+
+def test_same_seed_gives_the_same_bytes(model) -> None:
+    first = short_run(model, objectives.channel("_blocks.4", 3), seed=3)
+    again = short_run(model, objectives.channel("_blocks.4", 3), seed=3)
+    other = short_run(model, objectives.channel("_blocks.4", 3), seed=4)
+    assert torch.equal(first.image, again.image) and first.values == again.values
+    assert not torch.equal(first.image, other.image)
+
+
+def test_non_finite_objective_stops_with_the_last_finite_image(model) -> None:
+    base = objectives.channel("_blocks.2", 0)
+    calls = []
+
+    def explode(acts):
+        calls.append(1)
+        return base(acts) * (float("nan") if len(calls) == 5 else 1.0)
+
+    with pytest.raises(NonFiniteObjective, match="the objective became nan at step 5") as error:
+        short_run(model, Objective(explode, base.layers, "explodes"), steps=10)
+    assert len(error.value.values) == 4
+    assert torch.isfinite(error.value.image).all() and error.value.image.shape == (1, 3, 64, 64)
+    assert hooks(model) == 0
+
+
+def test_ctrl_c_stops_cleanly_and_keeps_the_last_image(model) -> None:
+    def interrupt(step: int, value: float) -> None:
+        if step == 3:
+            raise KeyboardInterrupt
+
+    result = short_run(model, objectives.channel("_blocks.2", 0), steps=10, on_step=interrupt)
+    assert result.interrupted and len(result.values) == 3
+    assert result.image.shape == (1, 3, 64, 64) and hooks(model) == 0
+
+
+def test_forward_stops_after_the_last_needed_layer(model) -> None:
+    ran: list[str] = []
+    handle = model.layer("_blocks.9").register_forward_hook(lambda *args: ran.append("_blocks.9"))
+    try:
+        with model.reading(["_blocks.8"]) as read:
+            acts = read(torch.rand(1, 3, 64, 64))
+    finally:
+        handle.remove()
+    assert list(acts) == ["_blocks.8"] and ran == []

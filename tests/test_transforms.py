@@ -1,0 +1,54 @@
+"""Transforms are differentiable, seeded, and report the smallest image they can return."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from hydra.utils import instantiate
+from omegaconf import OmegaConf
+
+from fvexp.transforms import Compose, Crop, Jitter, Pad, Rotate, Scale
+from tests.conftest import ROOT
+
+
+def preset(name: str) -> Compose:
+    node = OmegaConf.load(ROOT / "conf" / "transforms" / f"{name}.yaml")
+    return instantiate({"_target_": "fvexp.transforms.Compose", "pieces": node.pieces})
+
+
+@pytest.mark.parametrize("name", ["none", "standard", "distill"])
+def test_presets_are_differentiable_and_never_smaller_than_min_output(name: str) -> None:
+    transforms = preset(name)
+    image = torch.rand(2, 3, 128, 128, requires_grad=True)
+    generator = torch.Generator().manual_seed(0)
+    sizes = set()
+    for _ in range(40):
+        out = transforms(image, generator)
+        assert out.shape[:2] == (2, 3)
+        assert min(out.shape[-2:]) >= transforms.min_output(128)
+        sizes.add(tuple(out.shape[-2:]))
+    out.sum().backward()
+    assert image.grad is not None and image.grad.abs().sum() > 0
+    assert (len(sizes) > 1) == (name != "none")
+
+
+def test_same_seed_same_transforms() -> None:
+    image = torch.rand(1, 3, 64, 64)
+    runs = [preset("standard")(image, torch.Generator().manual_seed(7)) for _ in range(2)]
+    assert torch.equal(*runs)
+    other = preset("standard")(image, torch.Generator().manual_seed(8))
+    assert other.shape != runs[0].shape or not torch.equal(other, runs[0])
+
+
+def test_pieces() -> None:
+    g = torch.Generator().manual_seed(0)
+    image = torch.rand(1, 3, 20, 20)
+    padded = Pad(3)(image, g)
+    assert padded.shape[-1] == 26 and padded[0, :, 0, 0].tolist() == [0.5, 0.5, 0.5]
+    assert Crop(3)(padded, g).equal(image)
+    assert Jitter(4)(image, g).shape[-1] == 16
+    assert Scale([0.5])(image, g).shape[-1] == 10
+    assert Rotate([0])(image, g).equal(image)
+    assert torch.allclose(Rotate([90])(image, g), image.rot90(1, dims=(-2, -1)), atol=1e-5)
+    distill = preset("distill")
+    assert distill.min_output(224) == round((224 + 32 - 16) * 0.95) - 8 - 32
