@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 
 import hydra
 from omegaconf import DictConfig
@@ -12,7 +13,10 @@ from fvexp.config import register
 _exit_codes: list[int] = []  # one per job of this process; a sweep goes on past a failed job
 
 
-@hydra.main(version_base="1.3", config_path="../conf", config_name="config")
+CONF = Path(__file__).resolve().parent.parent / "conf"  # the checkout's conf/, however fvexp is started
+
+
+@hydra.main(version_base="1.3", config_path=str(CONF), config_name="config")
 def _job(cfg: DictConfig) -> None:
     from fvexp.run import run_job  # heavy imports (torch, mlflow) only when a job really runs
 

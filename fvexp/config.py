@@ -15,8 +15,6 @@ from omegaconf import DictConfig
 
 from fvexp.errors import FvexpError
 
-# Optional[...] instead of `X | None`: OmegaConf 2.3 reads annotations at runtime and predates PEP 604.
-
 
 @dataclass
 class RenderConfig:
@@ -38,19 +36,17 @@ class EfficientNetLiteConfig:
 
 
 @dataclass
-class NeuronConfig:
-    _target_: str = "fvexp.objectives.neuron"
-    layer: str = "_blocks.8"
-    channel: int = 0
-    x: int | None = None
-    y: int | None = None
-
-
-@dataclass
 class ChannelConfig:
     _target_: str = "fvexp.objectives.channel"
     layer: str = "_blocks.8"
     channel: int = 0
+
+
+@dataclass
+class NeuronConfig(ChannelConfig):
+    _target_: str = "fvexp.objectives.neuron"
+    x: int | None = None  # None: the centre of the layer's map
+    y: int | None = None
 
 
 @dataclass

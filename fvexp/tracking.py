@@ -85,8 +85,10 @@ class MlflowTracker(NullTracker):
         if found:
             return found.experiment_id
         location = self.artifacts if self.default_store else None
+        tags = {"mlflow.experimentKind": "custom_model_development",  # the UI's runs table, not its GenAI view
+                "mlflow.note.content": "fvexp feature visualizations: one run per job, images under Artifacts."}
         try:
-            return self.client.create_experiment(self.experiment, artifact_location=location)
+            return self.client.create_experiment(self.experiment, artifact_location=location, tags=tags)
         except self.mlflow.exceptions.MlflowException:  # created meanwhile by a parallel job
             return self.client.get_experiment_by_name(self.experiment).experiment_id
 

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -116,7 +119,9 @@ def test_help_lists_groups_under_the_name_fvexp_without_importing_mlflow_or_torc
     assert "mlflow" not in imported and "torch" not in imported
 
 
-def test_tab_completion_offers_group_options(tmp_path: Path) -> None:
-    done = fvexp("-sc", "query=bash", cwd=tmp_path, env={"COMP_LINE": "fvexp objective=cha", "COMP_POINT": "19"})
-    assert done.returncode == 0
-    assert "objective=channel" in done.stdout
+def test_tab_completion_works_through_the_console_script(tmp_path: Path) -> None:
+    script = Path(sys.executable).parent / "fvexp"
+    done = subprocess.run([str(script), "-sc", "query=bash"], cwd=tmp_path, capture_output=True, text=True,
+                          env={**os.environ, "COMP_LINE": "fvexp objective=cha", "COMP_POINT": "19"})
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["objective=channel"]

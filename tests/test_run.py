@@ -104,14 +104,19 @@ def test_ctrl_c_keeps_the_image_and_marks_the_run_killed(tmp_path: Path) -> None
 
 def test_multirun_gives_one_run_and_one_named_folder_per_job(tmp_path: Path) -> None:
     store = tmp_path / "elsewhere.db"
-    done = fvexp("-m", "param=pixel,fourier", "render.steps=4", "render.size=64",
+    done = fvexp("-m", "param=pixel,fourier", "render.steps=4", "render.size=64", "render.batch=2",
                  f"hydra.sweep.dir={tmp_path / 'sweep'}", cwd=tmp_path,
                  env={"MLFLOW_TRACKING_URI": f"sqlite:///{store}"})
     assert done.returncode == 0, done.stderr
-    named = ["param=pixel,render.size=64,render.steps=4", "param=fourier,render.size=64,render.steps=4"]
+    named = [f"param={p},render.batch=2,render.size=64,render.steps=4" for p in ("pixel", "fourier")]
     folders = sorted(p.name for p in (tmp_path / "sweep").iterdir() if p.is_dir())
     assert folders == [f"0_{named[0]}", f"1_{named[1]}"]
-    assert all((tmp_path / "sweep" / folder / "image.png").exists() for folder in folders)
+    for folder in folders:  # a batch gives a grid as image.png and one file per image
+        files = {p.relative_to(tmp_path / "sweep" / folder).as_posix()
+                 for p in (tmp_path / "sweep" / folder).rglob("*.png")}
+        assert files == {"image.png", "image_0.png", "image_1.png", "steps/step_00004.png",
+                         "steps/step_00004_0.png", "steps/step_00004_1.png"}
+        assert Image.open(tmp_path / "sweep" / folder / "image.png").size == (64 * 2 + 4, 64)
     recorded = runs(store)
     assert [r.info.run_name for r in recorded] == named
     assert all(r.info.status == "FINISHED" for r in recorded)
