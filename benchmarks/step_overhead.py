@@ -21,12 +21,7 @@ from fvexp.core import render
 from fvexp.models import efficientnet_lite
 from fvexp.params import Fourier
 from fvexp.run import resolve_device
-from fvexp.transforms import Compose, Jitter, Pad, Rotate, Scale
-
-
-def standard() -> Compose:
-    return Compose([Pad(12), Jitter(8), Scale([1 + (i - 5) / 50 for i in range(11)]),
-                    Rotate([*range(-10, 11), 0, 0, 0, 0, 0]), Jitter(4)])
+from fvexp.transforms import standard
 
 
 def sync(device: torch.device) -> None:

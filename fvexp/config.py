@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from hydra.core.config_store import ConfigStore
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from fvexp.errors import FvexpError
 
@@ -69,11 +69,107 @@ class ClassProbConfig(ClassLogitConfig):
 
 
 @dataclass
+class ClassLogSumExpConfig(ClassLogitConfig):
+    _target_: str = "fvexp.objectives.class_logsumexp"
+
+
+@dataclass
+class DirectionConfig:
+    _target_: str = "fvexp.objectives.direction"
+    layer: str = "_blocks.8"
+    vector: list[float] = field(default_factory=list)  # one weight per channel
+    cossim_pow: float = 0.0
+
+
+@dataclass
+class RandomDirectionConfig:
+    _target_: str = "fvexp.objectives.random_direction"
+    layer: str = "_blocks.8"
+    seed: int = 0
+    cossim_pow: float = 0.0
+
+
+@dataclass
+class ArithmeticConfig:
+    _target_: str = "fvexp.objectives.combine"
+    _convert_: str = "all"
+    terms: list[Any] = field(default_factory=list)  # [{weight: 1.0, objective: {_target_: ...}}, ...]
+
+
+@dataclass
+class InterpolateConfig:
+    _target_: str = "fvexp.objectives.interpolate"
+    a: Any = None  # an objective node
+    b: Any = None
+
+
+@dataclass
+class StyleConfig:
+    _target_: str = "fvexp.objectives.style"
+    layers: list[str] = field(default_factory=lambda: ["_blocks.2", "_blocks.4", "_blocks.8", "_blocks.12"])
+    image: str = "???"  # path to the reference image
+    size: int = "${render.size}"  # type: ignore[assignment]
+
+
+@dataclass
+class InversionConfig:
+    _target_: str = "fvexp.objectives.inversion"
+    layer: str = "_blocks.8"
+    image: str = "???"
+    size: int = "${render.size}"  # type: ignore[assignment]
+
+
+@dataclass
 class PixelConfig:
     _target_: str = "fvexp.params.Pixel"
     _partial_: bool = True  # batch and size come from `render`
     sd: float = 0.01
     decorrelate: bool = False
+    grad_blur: float = 0.0  # sigma in pixels of the gradient blur; 0: off
+
+
+@dataclass
+class LowResConfig:
+    _target_: str = "fvexp.params.LowRes"
+    _partial_: bool = True
+    factor: int = 4
+    sd: float = 0.01
+    decorrelate: bool = True
+
+
+@dataclass
+class LaplacianConfig:
+    _target_: str = "fvexp.params.LaplacianPyramid"
+    _partial_: bool = True
+    levels: int = 4
+    sd: float = 0.01
+    decorrelate: bool = True
+
+
+@dataclass
+class SharedConfig:
+    _target_: str = "fvexp.params.Shared"
+    _partial_: bool = True
+    base: Any = None  # a parameterization node with _partial_: true
+    shared: list[list[int]] = field(default_factory=lambda: [[1, 2], [1, 4], [1, 8], [2, 8], [1, 16], [2, 16]])
+
+
+@dataclass
+class CPPNConfig:
+    _target_: str = "fvexp.params.CPPN"
+    _partial_: bool = True
+    hidden: int = 24
+    layers: int = 8
+    decorrelate: bool = False
+
+
+@dataclass
+class MacoConfig:
+    _target_: str = "fvexp.params.Maco"
+    _partial_: bool = True
+    spectrum_from: Any = None  # None: a 1/f model; else an image folder or a list of image files
+    decay_power: float = 1.0
+    decorrelate: bool = True
 
 
 @dataclass
@@ -88,7 +184,7 @@ class FourierConfig:
 @dataclass
 class TransformsConfig:
     _target_: str = "fvexp.transforms.Compose"
-    pieces: list[Any] = field(default_factory=list)
+    pieces: dict[str, Any] = field(default_factory=dict)  # name -> piece, in order; null drops a piece
 
 
 @dataclass
@@ -112,6 +208,77 @@ class SGDConfig:
 
 
 @dataclass
+class SteepestDescentConfig:
+    _target_: str = "fvexp.optimizers.SteepestDescent"
+    _partial_: bool = True
+    lr: float = 0.05
+    metric: str = "l2"  # l2 | linf | decorrelated
+    decay_power: float = 1.0
+
+
+@dataclass
+class L1Term:
+    _target_: str = "fvexp.regularizers.l1"
+    weight: float = 0.0
+    constant: float = 0.5
+
+
+@dataclass
+class L2Term:
+    _target_: str = "fvexp.regularizers.l2"
+    weight: float = 0.0
+    constant: float = 0.5
+
+
+@dataclass
+class TVTerm:
+    _target_: str = "fvexp.regularizers.total_variation"
+    weight: float = 0.0
+
+
+@dataclass
+class BlurTerm:
+    _target_: str = "fvexp.regularizers.blur"
+    weight: float = 0.0
+    sigma: float = 1.0
+
+
+@dataclass
+class BilateralTerm:
+    _target_: str = "fvexp.regularizers.bilateral"
+    weight: float = 0.0
+    sigma_space: float = 1.5
+    sigma_color: float = 0.1
+    radius: int = 2
+
+
+@dataclass
+class RegularizersConfig:
+    """Frequency penalties on the image, each added as −weight·penalty; weight 0 turns one off."""
+
+    l1: L1Term = field(default_factory=L1Term)
+    l2: L2Term = field(default_factory=L2Term)
+    tv: TVTerm = field(default_factory=TVTerm)
+    blur: BlurTerm = field(default_factory=BlurTerm)
+    bilateral: BilateralTerm = field(default_factory=BilateralTerm)
+
+
+@dataclass
+class DiversityTerm:
+    _target_: str = "fvexp.objectives.diversity"
+    weight: float = 0.0
+    layer: str | None = None  # None: the objective's layer
+
+
+@dataclass
+class AlignmentTerm:
+    _target_: str = "fvexp.objectives.alignment"
+    weight: float = 0.0
+    layer: str | None = None
+    decay_ratio: float = 2.0
+
+
+@dataclass
 class MlflowConfig:
     _target_: str = "fvexp.tracking.MlflowTracker"
     uri: str | None = None  # None: $MLFLOW_TRACKING_URI, else a SQLite store in ./outputs
@@ -130,6 +297,9 @@ class Config:
     device: str = "auto"  # auto: the GPU when there is one, else the CPU
     progress: bool = True
     render: RenderConfig = field(default_factory=RenderConfig)
+    regularizers: RegularizersConfig = field(default_factory=RegularizersConfig)
+    diversity: DiversityTerm = field(default_factory=DiversityTerm)
+    alignment: AlignmentTerm = field(default_factory=AlignmentTerm)
     model: Any = None
     objective: Any = None
     param: Any = None
@@ -146,10 +316,18 @@ SCHEMAS: dict[str, dict[str, type]] = {
         "layer": LayerConfig,
         "class_logit": ClassLogitConfig,
         "class_prob": ClassProbConfig,
+        "class_logsumexp": ClassLogSumExpConfig,
+        "direction": DirectionConfig,
+        "random_direction": RandomDirectionConfig,
+        "arithmetic": ArithmeticConfig,
+        "interpolate": InterpolateConfig,
+        "style": StyleConfig,
+        "inversion": InversionConfig,
     },
-    "param": {"pixel": PixelConfig, "fourier": FourierConfig},
+    "param": {"pixel": PixelConfig, "fourier": FourierConfig, "lowres": LowResConfig, "laplacian": LaplacianConfig,
+              "shared": SharedConfig, "cppn": CPPNConfig, "maco": MacoConfig},
     "transforms": {"compose": TransformsConfig},
-    "optimizer": {"adam": AdamConfig, "sgd": SGDConfig},
+    "optimizer": {"adam": AdamConfig, "sgd": SGDConfig, "steepest": SteepestDescentConfig},
     "tracking": {"mlflow": MlflowConfig, "none": NoTrackingConfig},
 }
 
@@ -168,7 +346,10 @@ def register() -> None:
 
 
 def validate(cfg: DictConfig) -> None:
-    """Check the ranges the schema's types cannot express, naming the key that is wrong."""
+    """Check what the schema's types cannot express: values still missing, and ranges; name the key."""
+    missing = sorted(OmegaConf.missing_keys(cfg))
+    if missing:
+        raise FvexpError(f"{', '.join(missing)} must be set, e.g. fvexp ... {missing[0]}=VALUE")
     render = cfg.render
     _require(render.steps >= 1, "render.steps", render.steps, "a positive number of optimization steps")
     _require(render.size >= 1, "render.size", render.size, "the image side in pixels, at least 1")
@@ -178,6 +359,10 @@ def validate(cfg: DictConfig) -> None:
                  f"steps between 1 and render.steps={render.steps}")
     if "lr" in cfg.optimizer:
         _require(cfg.optimizer.lr > 0, "optimizer.lr", cfg.optimizer.lr, "a positive learning rate")
+    for term in ("diversity", "alignment"):
+        if cfg[term].weight:
+            _require(render.batch >= 2, "render.batch", render.batch,
+                     f"at least 2 when {term}.weight is set: the {term} term compares the images of a batch")
 
 
 def thresholds(cfg: DictConfig) -> list[int]:

@@ -17,7 +17,7 @@ from tqdm import tqdm
 
 from fvexp.errors import FvexpError
 from fvexp.models import FeatureModel
-from fvexp.objectives import Objective
+from fvexp.objectives import INPUT, Objective
 from fvexp.transforms import Compose
 
 OptimizerFactory = Callable[[list[nn.Parameter]], torch.optim.Optimizer]
@@ -68,10 +68,10 @@ def render(
     values: list[float] = []
     image = last_finite = param()
     bar = tqdm(total=steps, desc="fvexp", unit="step", disable=not progress, dynamic_ncols=True)
-    with model.reading(sorted(objective.layers)) as read:
+    with model.reading(sorted(objective.layers - {INPUT})) as read:
         try:
             for step in range(1, steps + 1):
-                value = objective(read(transforms(image, generator))).mean()
+                value = objective({**read(transforms(image, generator)), INPUT: image}).mean()
                 if not torch.isfinite(value):
                     raise NonFiniteObjective(step, value.item(), last_finite.detach(), values)
                 last_finite = image

@@ -9,6 +9,10 @@ import numpy as np
 from PIL import Image
 from torch import Tensor
 
+from fvexp.errors import FvexpError
+
+SUFFIXES = {".png", ".jpg", ".jpeg", ".webp"}
+
 
 def to_pil(image: Tensor) -> Image.Image:
     """A (3, H, W) tensor in [0, 1] as an 8-bit RGB image."""
@@ -40,3 +44,42 @@ def save(images: Tensor, path: Path) -> Path:
         for i, image in enumerate(images):
             to_pil(image).save(path.with_name(f"{path.stem}_{i}{path.suffix}"))
     return path
+
+
+def load(path: str | Path, size: int, key: str) -> Tensor:
+    """An image file as a (1, 3, size, size) tensor in [0, 1]: centre-cropped to a square, resized.
+
+    `key` names the config entry the path came from, for the error message.
+    """
+    import torch
+
+    path = Path(path)
+    if not path.is_file():
+        raise FvexpError(f"{key}: the image {str(path)!r} does not exist (give a path to a {'/'.join(SUFFIXES)} file)")
+    try:
+        image = Image.open(path).convert("RGB")
+    except OSError as error:
+        raise FvexpError(f"{key}: cannot read {str(path)!r} as an image ({error})") from None
+    side = min(image.size)
+    left, top = (image.width - side) // 2, (image.height - side) // 2
+    image = image.crop((left, top, left + side, top + side)).resize((size, size), Image.Resampling.BICUBIC)
+    return torch.from_numpy(np.asarray(image, dtype=np.float32) / 255).permute(2, 0, 1)[None]
+
+
+def contact_sheet(cells: list[tuple[Image.Image, str]], columns: int, side: int = 192) -> Image.Image:
+    """Images with a caption under each (lines split at newlines), `columns` to a row, on white."""
+    from PIL import ImageDraw, ImageFont
+
+    font = ImageFont.load_default(size=12)
+    lines = max((label.count("\n") + 1 for _, label in cells), default=1)
+    caption = 6 + 15 * lines
+    rows = math.ceil(len(cells) / columns)
+    sheet = Image.new("RGB", (columns * (side + 8) + 8, rows * (side + caption + 8) + 8), "white")
+    draw = ImageDraw.Draw(sheet)
+    for i, (image, label) in enumerate(cells):
+        x, y = 8 + (i % columns) * (side + 8), 8 + (i // columns) * (side + caption + 8)
+        image = image.copy()
+        image.thumbnail((side, side))
+        sheet.paste(image, (x + (side - image.width) // 2, y + (side - image.height) // 2))
+        draw.multiline_text((x, y + side + 4), label, fill="black", font=font, spacing=3)
+    return sheet

@@ -83,6 +83,8 @@ class FeatureModel(nn.Module):
         handles = [self.layer(name).register_forward_hook(hook(name)) for name in wanted]
 
         def read(image: Tensor) -> Activations:
+            if not wanted:
+                return {}
             seen.clear()
             with contextlib.suppress(_AllSeen):
                 self(image)

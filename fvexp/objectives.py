@@ -1,23 +1,29 @@
 """Objectives: what to maximize, as functions of layer activations that compose with + - and *.
 
 An objective returns one value per image of the batch. It names the layers it reads, so only those
-are hooked, and carries checks that validate it against the model's layer shapes before any
-optimization runs (a channel out of range fails at once, not after a minute of work).
+are hooked, and carries preparations that run once against the model before any optimization: they
+validate (a channel out of range fails at once, not after a minute of work) and precompute (a
+reference image's activations). The key `input` holds the images before the transforms.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from numbers import Real
+from pathlib import Path
+from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from fvexp.errors import FvexpError, unknown
-from fvexp.models import class_names
+from fvexp.images import load
+from fvexp.models import FeatureModel, class_names
 
 Shapes = Mapping[str, torch.Size]
-Check = Callable[[Shapes], None]
+Prepare = Callable[["FeatureModel", Shapes], None]
+INPUT = "input"  # not a layer: the batch of images itself, before the transforms
 
 
 class Objective:
@@ -28,16 +34,17 @@ class Objective:
         fn: Callable[[Mapping[str, Tensor]], Tensor],
         layers: frozenset[str],
         name: str,
-        checks: tuple[Check, ...] = (),
+        preparations: tuple[Prepare, ...] = (),
     ) -> None:
-        self.fn, self.layers, self.name, self.checks = fn, layers, name, checks
+        self.fn, self.layers, self.name, self.preparations = fn, layers, name, preparations
 
     def __call__(self, activations: Mapping[str, Tensor]) -> Tensor:
         return self.fn(activations)
 
-    def check(self, shapes: Shapes) -> None:
-        for check in self.checks:
-            check(shapes)
+    def prepare(self, model: FeatureModel, shapes: Shapes) -> None:
+        """Validate against the model's layer `shapes` (at the smallest image it will see) and precompute."""
+        for prepare in self.preparations:
+            prepare(model, shapes)
 
     def __add__(self, other: Objective | float) -> Objective:
         other = _constant(other) if isinstance(other, Real) else other
@@ -45,7 +52,7 @@ class Objective:
             lambda acts: self(acts) + other(acts),
             self.layers | other.layers,
             f"{self.name} + {other.name}",
-            self.checks + other.checks,
+            self.preparations + other.preparations,
         )
 
     __radd__ = __add__  # lets sum([...]) start from 0
@@ -53,7 +60,7 @@ class Objective:
     def __mul__(self, weight: float) -> Objective:
         if not isinstance(weight, Real):
             raise TypeError(f"an objective multiplies by a number, not by {type(weight).__name__}")
-        return Objective(lambda acts: weight * self(acts), self.layers, f"{weight:g}·{self.name}", self.checks)
+        return Objective(lambda acts: weight * self(acts), self.layers, f"{weight:g}·{self.name}", self.preparations)
 
     __rmul__ = __mul__
 
@@ -71,8 +78,8 @@ def _constant(value: float) -> Objective:
     return Objective(lambda acts: torch.as_tensor(float(value)), frozenset(), f"{value:g}")
 
 
-def _check_channel(layer: str, channel: int) -> Check:
-    def check(shapes: Shapes) -> None:
+def _check_channel(layer: str, channel: int) -> Prepare:
+    def check(model: FeatureModel, shapes: Shapes) -> None:
         count = shapes[layer][1]
         if not 0 <= channel < count:
             raise FvexpError(
@@ -91,7 +98,7 @@ def neuron(layer: str, channel: int, x: int | None = None, y: int | None = None)
         h, w = act.shape[-2:]
         return act[:, channel, h // 2 if y is None else y, w // 2 if x is None else x]
 
-    def check_position(shapes: Shapes) -> None:
+    def check_position(model: FeatureModel, shapes: Shapes) -> None:
         shape = shapes[layer]
         if len(shape) != 4:
             raise FvexpError(f"layer {layer!r} has no spatial positions (shape {tuple(shape)}); use objective=channel")
@@ -153,3 +160,156 @@ def class_index(label: int | str, classes: str) -> int:
     if label.lower() in lowered:
         return lowered.index(label.lower())
     raise unknown("class label", label, names, hint="objective.label takes a class name or an index")
+
+
+def class_logsumexp(label: int | str, layer: str, classes: str = "imagenet") -> Objective:
+    """A class's log-probability, logit − LogSumExp(logits): softmax's ranking without its flat gradients."""
+    index = class_index(label, classes)
+    return Objective(
+        lambda acts: acts[layer][:, index] - acts[layer].logsumexp(1),
+        frozenset({layer}),
+        f"logsumexp {label}",
+        (_check_channel(layer, index),),
+    )
+
+
+def _dot_cossim(acts: Tensor, vector: Tensor, cossim_pow: float) -> Tensor:
+    """Per image: mean over positions of dot(act, v) · max(0.1, cos(act, v))^p (Lucid's `_dot_cossim`)."""
+    shape = (1, -1) + (1,) * (acts.dim() - 2)
+    dot = (acts * vector.view(shape)).sum(1)
+    if cossim_pow:
+        cos = dot / (1e-4 + acts.norm(dim=1)) / (1e-4 + vector.norm())
+        dot = dot * cos.clamp(min=0.1) ** cossim_pow
+    return dot.flatten(1).mean(1)
+
+
+def direction(layer: str, vector: list[float], cossim_pow: float = 0.0) -> Objective:
+    """A direction in a layer's activation space: a mix of channels, favouring alignment by cos^p."""
+    weights = torch.tensor(vector, dtype=torch.float32)
+
+    def check(model: FeatureModel, shapes: Shapes) -> None:
+        if len(weights) != shapes[layer][1]:
+            raise FvexpError(f"objective.vector has {len(weights)} values but layer {layer!r} has "
+                             f"{shapes[layer][1]} channels; give one weight per channel")
+
+    return Objective(lambda acts: _dot_cossim(acts[layer], weights.to(acts[layer].device), cossim_pow),
+                     frozenset({layer}), f"direction {layer}", (check,))
+
+
+def random_direction(layer: str, seed: int = 0, cossim_pow: float = 0.0) -> Objective:
+    """A seeded random unit direction in a layer's activation space."""
+    vector: list[Tensor] = []
+
+    def draw(model: FeatureModel, shapes: Shapes) -> None:
+        v = torch.randn(shapes[layer][1], generator=torch.Generator().manual_seed(seed))
+        vector[:] = [v / v.norm()]
+
+    return Objective(lambda acts: _dot_cossim(acts[layer], vector[0].to(acts[layer].device), cossim_pow),
+                     frozenset({layer}), f"random direction {layer} #{seed}", (draw,))
+
+
+def combine(terms: list[Mapping[str, Any]]) -> Objective:
+    """Neuron arithmetic: the sum of `weight · objective` over `terms` (e.g. two channels added)."""
+    if not terms:
+        raise FvexpError("objective.terms is empty; give a list of {weight: number, objective: {...}}")
+    return sum(_weight(term.get("weight", 1.0), "objective.terms[].weight") * term["objective"] for term in terms)
+
+
+def interpolate(a: Objective, b: Objective) -> Objective:
+    """Image i of the batch maximizes (1 − tᵢ)·a + tᵢ·b, tᵢ going from 0 to 1 across the batch."""
+
+    def value(acts: Mapping[str, Tensor]) -> Tensor:
+        va, vb = a(acts), b(acts)
+        t = torch.linspace(0, 1, len(va), device=va.device)
+        return (1 - t) * va + t * vb
+
+    return Objective(value, a.layers | b.layers, f"interpolate({a.name} → {b.name})", a.preparations + b.preparations)
+
+
+def _grams(acts: Tensor) -> Tensor:
+    """Per image, the channel Gram matrix flattened and scaled to unit length."""
+    flat = acts.flatten(2)
+    return F.normalize((flat @ flat.transpose(1, 2)).flatten(1), dim=1)
+
+
+def gram_cosines(acts: Tensor) -> Tensor:
+    """(B, B) cosine similarities between the Gram matrices of the images of a batch."""
+    grams = _grams(acts)
+    return grams @ grams.T
+
+
+def diversity(layer: str) -> Objective:
+    """Lucid's diversity term: minus the summed Gram cosines to the other images of the batch.
+
+    Added to an objective with a weight, it pushes the images of a batch to excite the unit in
+    different ways, showing several facets of what it responds to.
+    """
+
+    def value(acts: Mapping[str, Tensor]) -> Tensor:
+        cosines = gram_cosines(acts[layer])
+        return -(cosines.sum(1) - cosines.diagonal())
+
+    def check(model: FeatureModel, shapes: Shapes) -> None:
+        if len(shapes[layer]) != 4:
+            raise FvexpError(f"diversity.layer={layer!r} has no spatial map (shape {tuple(shapes[layer])}); "
+                             "choose a convolutional layer such as _blocks.8")
+
+    return Objective(value, frozenset({layer}), f"diversity {layer}", (check,))
+
+
+def alignment(layer: str, decay_ratio: float = 2.0) -> Objective:
+    """Keep neighbouring images of a batch similar at `layer` (Lucid's alignment), for interpolations."""
+
+    def value(acts: Mapping[str, Tensor]) -> Tensor:
+        act = acts[layer]
+        penalty = torch.zeros(len(act), device=act.device)
+        for distance in range(1, min(5, len(act))):
+            gaps = (act[:-distance] - act[distance:]).pow(2).flatten(1).mean(1) / decay_ratio**distance
+            penalty = penalty + F.pad(gaps, (0, distance))
+        return -penalty
+
+    return Objective(value, frozenset({layer}), f"alignment {layer}")
+
+
+def style(layers: list[str], image: str, size: int = 224) -> Objective:
+    """Match the Gram matrices of a reference image at `layers` (the objective of style transfer)."""
+    reference: dict[str, Tensor] = {}
+
+    def gram(act: Tensor) -> Tensor:
+        flat = act.flatten(2)
+        return flat @ flat.transpose(1, 2) / flat.shape[-1]
+
+    def prepare(model: FeatureModel, shapes: Shapes) -> None:
+        with torch.no_grad(), model.reading(layers) as read:
+            acts = read(load(image, size, key="objective.image").to(model.device))
+        reference.update({layer: gram(acts[layer]) for layer in layers})
+
+    def value(acts: Mapping[str, Tensor]) -> Tensor:
+        losses = [(gram(acts[layer]) - reference[layer]).pow(2).flatten(1).mean(1) / reference[layer].pow(2).mean()
+                  for layer in layers]
+        return -sum(losses)
+
+    return Objective(value, frozenset(layers), f"style {Path(image).name}", (prepare,))
+
+
+def inversion(layer: str, image: str, size: int = 224) -> Objective:
+    """Match a reference image's activations at `layer`: what the layer keeps of that image."""
+    reference: list[Tensor] = []
+
+    def prepare(model: FeatureModel, shapes: Shapes) -> None:
+        with torch.no_grad(), model.reading([layer]) as read:
+            reference[:] = [read(load(image, size, key="objective.image").to(model.device))[layer]]
+
+    def value(acts: Mapping[str, Tensor]) -> Tensor:
+        act, target = acts[layer], reference[0]
+        if act.dim() == 4 and act.shape[-2:] != target.shape[-2:]:  # transforms changed the image size
+            target = F.interpolate(target, size=act.shape[-2:], mode="bilinear", align_corners=False)
+        return -(act - target).pow(2).flatten(1).mean(1) / target.pow(2).mean()
+
+    return Objective(value, frozenset({layer}), f"inversion {layer} {Path(image).name}", (prepare,))
+
+
+def _weight(value: object, key: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, Real):
+        raise FvexpError(f"{key} must be a number, got {value!r}")
+    return float(value)

@@ -1,15 +1,22 @@
 """Image parameterizations: the space the optimizer walks in, mapped to RGB images in [0, 1].
 
-Both follow Lucid. A parameterization is an `nn.Module` whose parameters are optimized and whose
-`forward()` returns a batch of images of shape (batch, 3, size, size).
+All follow Lucid unless said otherwise. A parameterization is an `nn.Module` built with the batch
+size and image side; `raw()` gives unbounded values of shape (batch, 3, size, size) and `forward()`
+turns them into images through optional colour decorrelation and a sigmoid. The choice of space is
+a preconditioner: it changes which direction is steepest, and so what the optimizer finds.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Sequence
+from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
+
+from fvexp.errors import FvexpError
 
 # Square root of the colour covariance of ImageNet, from its SVD (Lucid's `color_correlation_svd_sqrt`),
 # normalized by its largest column norm so that decorrelation never amplifies a channel.
@@ -28,19 +35,49 @@ def to_rgb(t: Tensor, decorrelate: bool) -> Tensor:
     return torch.sigmoid(t)
 
 
-class Pixel(nn.Module):
-    """One free parameter per pixel and colour: the naive basis, prone to high-frequency noise."""
+def frequencies(size: int) -> Tensor:
+    """Radial frequency in cycles per pixel of each coefficient of a `size`×`size` real FFT."""
+    return (torch.fft.fftfreq(size)[:, None] ** 2 + torch.fft.rfftfreq(size)[None, :] ** 2).sqrt()
 
-    def __init__(self, batch: int, size: int, sd: float = 0.01, decorrelate: bool = False) -> None:
+
+def spectrum_scale(size: int, decay_power: float) -> Tensor:
+    """Lucid's 1/f scaling: 1 / max(f, 1/size)^decay_power, times sqrt(size²) for unit-variance pixels."""
+    return frequencies(size).clamp(min=1.0 / size).pow(-decay_power) * size
+
+
+class Param(nn.Module):
+    """Base of every parameterization: subclasses define `raw()`."""
+
+    def __init__(self, decorrelate: bool) -> None:
         super().__init__()
-        self.pixels = nn.Parameter(torch.randn(batch, 3, size, size) * sd)
         self.decorrelate = decorrelate
 
+    def raw(self) -> Tensor:
+        raise NotImplementedError
+
     def forward(self) -> Tensor:
-        return to_rgb(self.pixels, self.decorrelate)
+        return to_rgb(self.raw(), self.decorrelate)
 
 
-class Fourier(nn.Module):
+class Pixel(Param):
+    """One free parameter per pixel and colour: the naive basis, prone to high-frequency noise.
+
+    `grad_blur` > 0 blurs each gradient with a Gaussian of that sigma (pixels) before the optimizer
+    sees it: the "gradient blurring" preconditioner, which slows high frequencies without forbidding them.
+    """
+
+    def __init__(self, batch: int, size: int, sd: float = 0.01, decorrelate: bool = False,
+                 grad_blur: float = 0.0) -> None:
+        super().__init__(decorrelate)
+        self.pixels = nn.Parameter(torch.randn(batch, 3, size, size) * sd)
+        if grad_blur > 0:
+            self.pixels.register_hook(lambda grad: gaussian_blur(grad, grad_blur))
+
+    def raw(self) -> Tensor:
+        return self.pixels
+
+
+class Fourier(Param):
     """Image as a spectrum whose frequencies are scaled by 1/f^decay_power (Lucid's `fft_image`).
 
     Scaling each frequency by the inverse of its magnitude whitens the natural-image spectrum, so
@@ -48,19 +85,143 @@ class Fourier(nn.Module):
     optimization faster and the results less noisy.
     """
 
-    def __init__(
-        self, batch: int, size: int, sd: float = 0.01, decay_power: float = 1.0, decorrelate: bool = True
-    ) -> None:
-        super().__init__()
-        fy = torch.fft.fftfreq(size)[:, None]
-        fx = torch.fft.rfftfreq(size)[None, :]
-        freqs = (fx**2 + fy**2).sqrt()
-        scale = freqs.clamp(min=1.0 / size).pow(-decay_power) * math.sqrt(size * size)
-        self.register_buffer("scale", scale)
-        self.spectrum = nn.Parameter(torch.randn(batch, 3, *freqs.shape, 2) * sd)
-        self.size, self.decorrelate = size, decorrelate
+    def __init__(self, batch: int, size: int, sd: float = 0.01, decay_power: float = 1.0,
+                 decorrelate: bool = True) -> None:
+        super().__init__(decorrelate)
+        self.register_buffer("scale", spectrum_scale(size, decay_power))
+        self.spectrum = nn.Parameter(torch.randn(batch, 3, *self.scale.shape, 2) * sd)
+        self.size = size
 
-    def forward(self) -> Tensor:
+    def raw(self) -> Tensor:
         spectrum = torch.view_as_complex(self.spectrum) * self.scale
-        image = torch.fft.irfft2(spectrum, s=(self.size, self.size)) / 4.0
-        return to_rgb(image, self.decorrelate)
+        return torch.fft.irfft2(spectrum, s=(self.size, self.size)) / 4.0
+
+
+class LowRes(Param):
+    """A coarse tensor of `frames` × (size / factor)² values, upsampled to the batch and the image.
+
+    With `frames` < batch the coarse values are interpolated across the batch too, so neighbouring
+    images share them (Lucid's `lowres_tensor`); on its own it is a low-resolution image.
+    """
+
+    def __init__(self, batch: int, size: int, factor: int = 4, frames: int | None = None, sd: float = 0.01,
+                 decorrelate: bool = True) -> None:
+        super().__init__(decorrelate)
+        frames = frames or batch
+        self.coarse = nn.Parameter(torch.randn(1, 3, frames, max(1, size // factor), max(1, size // factor)) * sd)
+        self.shape = (batch, size, size)
+
+    def raw(self) -> Tensor:
+        volume = F.interpolate(self.coarse, size=self.shape, mode="trilinear", align_corners=True)
+        return volume[0].transpose(0, 1)  # (3, batch, h, w) -> (batch, 3, h, w)
+
+
+class LaplacianPyramid(Param):
+    """A sum of `levels` images at resolutions size, size/2, size/4, ... (Lucid's `laplacian_pyramid`)."""
+
+    def __init__(self, batch: int, size: int, levels: int = 4, sd: float = 0.01, decorrelate: bool = True) -> None:
+        super().__init__(decorrelate)
+        self.levels = nn.ModuleList(LowRes(batch, size, 2**k, sd=sd) for k in range(levels))
+
+    def raw(self) -> Tensor:
+        return sum(level.raw() for level in self.levels)
+
+
+class Shared(Param):
+    """A per-image `base` plus low-resolution parts shared across the batch (Lucid's interpolation param).
+
+    `shared` lists (frames, factor) pairs: a coarse tensor of `frames` images at size/factor, spread
+    over the batch. Shared parts make the images of an interpolation change smoothly from one to the next.
+    """
+
+    def __init__(self, batch: int, size: int, base: Callable[..., Param],
+                 shared: Sequence[Sequence[int]] = ((1, 2), (1, 4), (1, 8), (2, 8), (1, 16), (2, 16))) -> None:
+        base_param = base(batch=batch, size=size)
+        super().__init__(base_param.decorrelate)
+        self.base = base_param
+        self.shared = nn.ModuleList(LowRes(batch, size, factor, min(frames, batch)) for frames, factor in shared)
+
+    def raw(self) -> Tensor:
+        return self.base.raw() + sum(part.raw() for part in self.shared)
+
+
+class CPPN(Param):
+    """A small network from pixel coordinates to colour (Lucid's `cppn`): smooth, resolution-free images.
+
+    Eight 1×1 convolutions of 24 channels with Lucid's composite activation (atan, and its square).
+    Needs a smaller learning rate than the image bases (Lucid uses Adam at 0.005).
+    """
+
+    def __init__(self, batch: int, size: int, hidden: int = 24, layers: int = 8, decorrelate: bool = False) -> None:
+        super().__init__(decorrelate)
+        r = 3**0.5
+        ys, xs = torch.meshgrid(torch.linspace(-r, r, size), torch.linspace(-r, r, size), indexing="ij")
+        self.register_buffer("coordinates", torch.stack([xs, ys])[None].expand(batch, 2, size, size))
+        convs, channels = [], 2
+        for _ in range(layers):
+            conv = nn.Conv2d(channels * batch, hidden * batch, 1, groups=batch)  # one independent net per image
+            nn.init.normal_(conv.weight, std=(1 / channels) ** 0.5)
+            nn.init.zeros_(conv.bias)
+            convs.append(conv)
+            channels = 2 * hidden
+        self.hidden = nn.ModuleList(convs)
+        self.out = nn.Conv2d(channels * batch, 3 * batch, 1, groups=batch)
+        nn.init.zeros_(self.out.weight)
+        nn.init.zeros_(self.out.bias)
+        self.batch = batch
+
+    def raw(self) -> Tensor:
+        x = self.coordinates.reshape(1, -1, *self.coordinates.shape[-2:])
+        for conv in self.hidden:
+            x = torch.atan(conv(x)).unflatten(1, (self.batch, -1))
+            x = torch.cat([x / 0.67, x * x / 0.6], 2).flatten(1, 2)  # Lucid's composite activation
+        return self.out(x).reshape(self.batch, 3, *x.shape[-2:])
+
+
+class Maco(Param):
+    """Phase-only Fourier optimization with a fixed magnitude spectrum (MACO, Fel et al. 2023).
+
+    Only the phase is optimized; the magnitude is the average spectrum of `spectrum_from` images
+    (a folder or a list of files, no downloads) or, by default, a 1/f^decay_power model. Fixing the
+    magnitude keeps the image's power spectrum natural, a mild learned prior.
+    """
+
+    def __init__(self, batch: int, size: int, spectrum_from: str | list[str] | None = None,
+                 decay_power: float = 1.0, decorrelate: bool = True) -> None:
+        super().__init__(decorrelate)
+        magnitude = (spectrum_scale(size, decay_power).expand(3, -1, -1) if spectrum_from is None
+                     else average_magnitude(spectrum_from, size))
+        self.register_buffer("magnitude", magnitude / magnitude.mean())
+        self.phase = nn.Parameter((torch.rand(batch, 3, *magnitude.shape[-2:]) * 2 - 1) * math.pi)
+        self.size = size
+
+    def raw(self) -> Tensor:
+        spectrum = self.magnitude * torch.polar(torch.ones_like(self.phase), self.phase)
+        image = torch.fft.irfft2(spectrum, s=(self.size, self.size))
+        image = image - image.mean((2, 3), keepdim=True)
+        return image / (image.std((2, 3), keepdim=True) + 1e-6)
+
+
+def average_magnitude(source: str | Sequence[str], size: int) -> Tensor:
+    """Mean FFT magnitude (3, size, size//2+1) of the images in a folder or a list of files."""
+    from fvexp.images import SUFFIXES, load
+
+    files: list[Path] = []
+    for path in map(Path, [source] if isinstance(source, str) else source):
+        files += [f for f in sorted(path.rglob("*")) if f.suffix.lower() in SUFFIXES] if path.is_dir() else [path]
+    if not files:
+        raise FvexpError(f"param.spectrum_from={source!r} holds no images ({', '.join(sorted(SUFFIXES))})")
+    images = torch.cat([load(f, size, key="param.spectrum_from") for f in files])
+    return torch.fft.rfft2(images - images.mean((2, 3), keepdim=True)).abs().mean(0)
+
+
+def gaussian_blur(t: Tensor, sigma: float) -> Tensor:
+    """Blur each channel of a (B, C, H, W) tensor with a separable Gaussian of `sigma` pixels."""
+    radius = max(1, round(3 * sigma))
+    x = torch.arange(-radius, radius + 1, dtype=t.dtype, device=t.device)
+    kernel = torch.exp(-(x**2) / (2 * sigma**2))
+    kernel = kernel / kernel.sum()
+    channels = t.shape[1]
+    row = kernel.view(1, 1, 1, -1).repeat(channels, 1, 1, 1)
+    t = F.conv2d(F.pad(t, [radius, radius, 0, 0], mode="reflect"), row, groups=channels)
+    return F.conv2d(F.pad(t, [0, 0, radius, radius], mode="reflect"), row.transpose(2, 3), groups=channels)

@@ -6,6 +6,7 @@ FINISHED, FAILED (with the error as a tag) or KILLED, and bad input gets one cle
 
 from __future__ import annotations
 
+import json
 import sys
 import time
 from collections.abc import Iterator, Mapping
@@ -24,8 +25,9 @@ from fvexp.core import NonFiniteObjective, render
 from fvexp.environment import describe
 from fvexp.errors import FvexpError
 from fvexp.images import picture, save
+from fvexp.metrics import quality
 from fvexp.models import FeatureModel
-from fvexp.objectives import Objective
+from fvexp.objectives import INPUT, Objective
 from fvexp.tracking import NullTracker
 from fvexp.transforms import Compose
 
@@ -35,9 +37,13 @@ PROBE_SIZE = 256  # a multiple of every stride, to read each layer's stride from
 def run_job(cfg: DictConfig) -> int:
     """Hydra's job: run, print the image path last, and return the process exit code."""
     hydra = HydraConfig.get()
+    sweep = hydra.mode == RunMode.MULTIRUN
+    tags = {"fvexp.experiment": hydra.runtime.choices.get("experiment") or "",
+            "fvexp.ablation": hydra.runtime.choices.get("ablation") or "",
+            "fvexp.sweep": str(Path(hydra.sweep.dir).resolve()) if sweep else ""}
     try:
         image, interrupted = run(cfg, Path(hydra.runtime.output_dir), list(hydra.overrides.task),
-                                 name=hydra.job.override_dirname or None)
+                                 name=hydra.job.override_dirname or None, tags=tags)
     except NonFiniteObjective as error:
         print(error.kept)
         print(f"fvexp: error: {error}", file=sys.stderr)
@@ -46,18 +52,19 @@ def run_job(cfg: DictConfig) -> int:
         print(f"fvexp: error: {error}", file=sys.stderr)
         return 2
     print(image)
-    if interrupted and hydra.mode == RunMode.MULTIRUN:
+    if interrupted and sweep:
         raise KeyboardInterrupt  # this job is saved; Ctrl-C also stops the rest of the sweep
     return 130 if interrupted else 0
 
 
-def run(cfg: DictConfig, out_dir: Path, overrides: list[str], name: str | None = None) -> tuple[Path, bool]:
+def run(cfg: DictConfig, out_dir: Path, overrides: list[str], name: str | None = None,
+        tags: Mapping[str, str] | None = None) -> tuple[Path, bool]:
     """Render the configured visualization into `out_dir`; return the image path and if interrupted."""
     validate(cfg)
     device = resolve_device(cfg.device)
     settings = OmegaConf.to_container(cfg, resolve=True)
     tracker: NullTracker = build(cfg.tracking)
-    tracker.start(name, dict(flatten(settings)), {**describe(device), "overrides": " ".join(overrides)},
+    tracker.start(name, dict(flatten(settings)), {**describe(device), **(tags or {}), "overrides": " ".join(overrides)},
                   {"config.yaml": settings, "overrides.yaml": overrides})
     try:
         image, interrupted = _render(cfg, out_dir, device, tracker)
@@ -79,7 +86,8 @@ def run(cfg: DictConfig, out_dir: Path, overrides: list[str], name: str | None =
 def _render(cfg: DictConfig, out_dir: Path, device: torch.device, tracker: NullTracker) -> tuple[Path, bool]:
     torch.manual_seed(cfg.seed)
     model: FeatureModel = build(cfg.model).to(device)
-    objective: Objective = build(cfg.objective)
+    main: Objective = build(cfg.objective)
+    objective = main + sum(weight * build(term) for weight, term in extra_terms(cfg, main))
     transforms: Compose = build(cfg.transforms)
     check_fits(model, objective, transforms, cfg.render.size)
     param = build(cfg.param)(batch=cfg.render.batch, size=cfg.render.size).to(device)
@@ -95,10 +103,42 @@ def _render(cfg: DictConfig, out_dir: Path, device: torch.device, tracker: NullT
     seconds = time.perf_counter() - started
     image = save(result.image, out_dir / "image.png")
     tracker.log_file(image)
-    if result.values:
-        tracker.log_metrics({"objective_final": result.values[-1], "steps_done": len(result.values),
-                             "seconds_per_step": seconds / len(result.values)})
+    metrics = {"objective_final": result.values[-1] if result.values else float("nan"),
+               "steps_done": len(result.values), "seconds_per_step": seconds / max(1, len(result.values)),
+               **quality(model, main, result.image, result.values, cfg.seed, gram_layer(cfg, main))}
+    (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    tracker.log_metrics(metrics)
     return image, result.interrupted
+
+
+def extra_terms(cfg: DictConfig, main: Objective) -> Iterator[tuple[float, DictConfig]]:
+    """(weight, config) of every regularizer, diversity and alignment term whose weight is not 0.
+
+    Diversity and alignment default to the main objective's layer.
+    """
+    for term in cfg.regularizers.values():
+        if term.weight:
+            yield term.weight, OmegaConf.masked_copy(term, [k for k in term if k != "weight"])
+    for name in ("diversity", "alignment"):
+        term = cfg[name]
+        if term.weight:
+            layer = term.layer or sole_layer(main, f"{name}.layer")
+            settings = OmegaConf.masked_copy(term, [k for k in term if k not in ("weight", "layer")])
+            yield term.weight, OmegaConf.merge(settings, {"layer": layer})
+
+
+def sole_layer(objective: Objective, key: str) -> str:
+    layers = sorted(objective.layers - {INPUT})
+    if len(layers) != 1:
+        raise FvexpError(f"{key} is needed: the objective reads {len(layers)} layers ({', '.join(layers)}), "
+                         "so there is no single layer to default to")
+    return layers[0]
+
+
+def gram_layer(cfg: DictConfig, main: Objective) -> str | None:
+    """The layer whose Gram matrices measure a batch's diversity: the diversity term's, or the objective's."""
+    layers = sorted(main.layers - {INPUT})
+    return cfg.diversity.layer or (layers[0] if len(layers) == 1 else None)
 
 
 def check_fits(model: FeatureModel, objective: Objective, transforms: Compose, size: int) -> None:
@@ -107,7 +147,7 @@ def check_fits(model: FeatureModel, objective: Objective, transforms: Compose, s
     A layer of stride s needs at least s pixels of image for one full position, both in the image
     itself and in what the model sees after the transforms (which may crop it).
     """
-    layers = sorted(objective.layers)
+    layers = sorted(objective.layers - {INPUT})
     at_probe = model.probe(layers, PROBE_SIZE)
     needs = {layer: PROBE_SIZE // shape[-1] if len(shape) == 4 else model.min_size
              for layer, shape in at_probe.items()}
@@ -119,7 +159,7 @@ def check_fits(model: FeatureModel, objective: Objective, transforms: Compose, s
             f"render.size={size} is too small for layer {layer!r}, which needs at least {need} px of image "
             f"(after the transforms the model may see only {max(seen, 0)} px); use render.size>={minimum}"
         )
-    objective.check(model.probe(layers, seen))
+    objective.prepare(model, model.probe(layers, seen))
 
 
 def resolve_device(name: str) -> torch.device:

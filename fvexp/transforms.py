@@ -10,7 +10,7 @@ piece can return for an input of `size`, which lets fvexp reject image sizes tha
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -100,11 +100,19 @@ class Crop:
         return size - 2 * self.width
 
 
-class Compose:
-    """Apply `pieces` in order; an empty list is the identity (`transforms=none`)."""
+Piece = Pad | Jitter | Scale | Rotate | Crop
 
-    def __init__(self, pieces: Sequence[Pad | Jitter | Scale | Rotate | Crop] = ()) -> None:
-        self.pieces = list(pieces)
+
+class Compose:
+    """Apply `pieces` in order; none at all is the identity (`transforms=none`).
+
+    Configs name the pieces (`pad`, `jitter`, ...) so that an ablation drops one by setting it to
+    null, e.g. `transforms.pieces.rotate=null`.
+    """
+
+    def __init__(self, pieces: Mapping[str, Piece | None] | Sequence[Piece] = ()) -> None:
+        values = pieces.values() if isinstance(pieces, Mapping) else pieces
+        self.pieces = [piece for piece in values if piece is not None]
 
     def __call__(self, image: Tensor, generator: torch.Generator) -> Tensor:
         for piece in self.pieces:
@@ -115,3 +123,9 @@ class Compose:
         for piece in self.pieces:
             size = piece.min_output(size)
         return size
+
+
+def standard() -> Compose:
+    """Lucid's standard transforms, as in conf/transforms/standard.yaml: the yardstick for robustness."""
+    return Compose([Pad(12), Jitter(8), Scale([1 + (i - 5) / 50 for i in range(11)]),
+                    Rotate([*range(-10, 11), 0, 0, 0, 0, 0]), Jitter(4)])

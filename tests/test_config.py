@@ -28,17 +28,36 @@ def make(*overrides: str) -> DictConfig:
 
 
 def test_every_group_has_the_options_the_issue_names() -> None:
-    assert GROUPS["objective"] == ["channel", "class_logit", "class_prob", "layer", "neuron"]
-    assert GROUPS["param"] == ["fourier", "pixel"]
+    assert {"channel", "class_logit", "class_prob", "layer", "neuron", "class_logsumexp", "direction",
+            "random_direction", "arithmetic", "interpolate", "style", "inversion"} == set(GROUPS["objective"])
+    assert {"fourier", "pixel", "lowres", "laplacian", "shared", "cppn", "maco"} == set(GROUPS["param"])
     assert GROUPS["transforms"] == ["distill", "none", "standard"]
-    assert GROUPS["optimizer"] == ["adam", "sgd"]
+    assert {"adam", "sgd", "descent_l2", "descent_linf", "descent_decorrelated"} == set(GROUPS["optimizer"])
+    assert {"enemy", "regularization", "preconditioning", "diversity", "interaction", "logits",
+            "distill"} == set(GROUPS["experiment"])
     assert GROUPS["tracking"] == ["mlflow", "none"]
     assert GROUPS["model"] == ["efficientnet_lite0"]
 
 
+@pytest.fixture(scope="session")
+def reference_image(tmp_path_factory) -> Path:
+    import skimage.data
+    from PIL import Image
+
+    path = tmp_path_factory.mktemp("reference") / "cat.png"
+    Image.fromarray(skimage.data.chelsea()).save(path)
+    return path
+
+
+def needs(option: str, image: Path) -> list[str]:
+    """The overrides an option cannot do without: a reference image, a direction vector."""
+    return {"style": [f"objective.image={image}"], "inversion": [f"objective.image={image}"],
+            "direction": [f"objective.vector=[{','.join(['1.0'] * 112)}]"]}.get(option, [])
+
+
 @pytest.mark.parametrize("group,option", [(g, o) for g, options in GROUPS.items() for o in options if g != "model"])
-def test_every_option_composes_and_instantiates(group: str, option: str) -> None:
-    cfg = make(f"{group}={option}")
+def test_every_option_composes_and_instantiates(group: str, option: str, reference_image: Path) -> None:
+    cfg = make(f"{group}={option}", *needs(option, reference_image))
     validate(cfg)
     if group == "experiment":
         return  # an experiment only sets other groups, which are instantiated below
@@ -70,10 +89,12 @@ def test_defaults_are_the_article_optimizer_and_a_short_run() -> None:
 def test_the_distill_preset_is_the_article_recipe() -> None:
     cfg = make("experiment=distill")
     assert cfg.render.steps == 2560 and cfg.optimizer.lr == 0.05 and cfg.param.decorrelate
-    kinds = [piece._target_.rsplit(".", 1)[1] for piece in cfg.transforms.pieces]
+    pieces = cfg.transforms.pieces
+    kinds = [piece._target_.rsplit(".", 1)[1] for piece in pieces.values()]
     assert kinds == ["Pad", "Jitter", "Scale", "Rotate", "Jitter", "Crop"]
-    assert list(cfg.transforms.pieces[2].factors) == [1.0, 0.975, 1.025, 0.95, 1.05]
-    assert list(cfg.transforms.pieces[3].degrees) == list(range(-5, 6))
+    assert [pieces.pad.width, pieces.jitter.pixels, pieces.jitter_again.pixels, pieces.crop.width] == [16, 16, 8, 16]
+    assert list(pieces.scale.factors) == [1.0, 0.975, 1.025, 0.95, 1.05]
+    assert list(pieces.rotate.degrees) == list(range(-5, 6))
 
 
 @pytest.mark.parametrize("override,names", [
@@ -100,6 +121,11 @@ def test_out_of_range_values_name_the_key(override: str, message: str) -> None:
         validate(make(override))
 
 
+def test_a_missing_reference_image_is_named() -> None:
+    with pytest.raises(FvexpError, match=r"objective\.image must be set, e\.g\. fvexp \.\.\. objective\.image=VALUE"):
+        validate(make("objective=inversion"))
+
+
 def test_unknown_group_option_lists_the_options(tmp_path: Path) -> None:
     done = fvexp("objective=chanel", "--cfg", "job", cwd=tmp_path)
     assert done.returncode != 0
@@ -112,8 +138,8 @@ def test_help_lists_groups_under_the_name_fvexp_without_importing_mlflow_or_torc
     done = fvexp("--help", cwd=tmp_path, env={"PYTHONPROFILEIMPORTTIME": "1"})
     assert done.returncode == 0
     assert done.stdout.startswith("fvexp:")
-    assert "objective: channel, class_logit, class_prob, layer, neuron" in done.stdout
-    assert "param: fourier, pixel" in done.stdout and "transforms: distill, none, standard" in done.stdout
+    for group, options in GROUPS.items():
+        assert f"{group}: {', '.join(options)}\n" in done.stdout
     assert "schema" not in done.stdout  # the schemas are not options
     imported = {line.rsplit("|", 1)[-1].strip() for line in done.stderr.splitlines() if "|" in line}
     assert "mlflow" not in imported and "torch" not in imported

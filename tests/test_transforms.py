@@ -7,13 +7,27 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
-from fvexp.transforms import Compose, Crop, Jitter, Pad, Rotate, Scale
+from fvexp.transforms import Compose, Crop, Jitter, Pad, Rotate, Scale, standard
 from tests.conftest import ROOT
 
 
 def preset(name: str) -> Compose:
     node = OmegaConf.load(ROOT / "conf" / "transforms" / f"{name}.yaml")
     return instantiate({"_target_": "fvexp.transforms.Compose", "pieces": node.pieces})
+
+
+def test_the_robustness_yardstick_is_the_standard_preset() -> None:
+    image, config = torch.rand(1, 3, 64, 64), preset("standard")
+    for seed in range(5):
+        assert torch.equal(standard()(image, torch.Generator().manual_seed(seed)),
+                           config(image, torch.Generator().manual_seed(seed)))
+
+
+def test_a_piece_set_to_null_is_dropped() -> None:
+    node = OmegaConf.load(ROOT / "conf" / "transforms" / "standard.yaml")
+    node.pieces.rotate = None
+    transforms = instantiate({"_target_": "fvexp.transforms.Compose", "pieces": node.pieces})
+    assert [type(p).__name__ for p in transforms.pieces] == ["Pad", "Jitter", "Scale", "Jitter"]
 
 
 @pytest.mark.parametrize("name", ["none", "standard", "distill"])
