@@ -20,6 +20,7 @@ from PIL import Image
 
 from fvexp.errors import FvexpError
 from fvexp.images import contact_sheet
+from fvexp.sweeps import PARENT
 
 COLUMNS = ["objective_untransformed", "objective_transformed", "high_frequency_energy", "spectral_slope",
            "total_variation", "gram_cosine", "steps_to_90pct"]
@@ -81,8 +82,10 @@ def arm(run) -> str:
 
 def latest_sweep(client, preset: str) -> list:
     experiments = [e.experiment_id for e in client.search_experiments()]
-    runs = client.search_runs(experiments, f"tags.`fvexp.experiment` = '{preset}' and attributes.status = 'FINISHED'",
-                              order_by=["attributes.start_time DESC"], max_results=1000)
+    runs = [r for r in client.search_runs(experiments,
+                                          f"tags.`fvexp.experiment` = '{preset}' and attributes.status = 'FINISHED'",
+                                          order_by=["attributes.start_time DESC"], max_results=1000)
+            if r.data.tags.get("fvexp.role") != PARENT]
     if not runs:
         return []
     sweep = runs[0].data.tags.get("fvexp.sweep")
@@ -110,8 +113,8 @@ def section(client, preset: str, out: Path) -> str:
         try:
             holds, numbers = claim(table)
             lines.append(f"**Claim {'reproduces' if holds else 'does not reproduce'}:** {numbers}.")
-        except KeyError as missing:
-            lines.append(f"**Claim not checked:** the sweep lacks {missing}.")
+        except (KeyError, ValueError) as missing:
+            lines.append(f"**Claim not checked:** the sweep lacks an arm it needs ({missing}).")
     return "\n".join(lines) + "\n"
 
 

@@ -295,6 +295,7 @@ class NoTrackingConfig:
 class Config:
     seed: int = 0
     device: str = "auto"  # auto: the GPU when there is one, else the CPU
+    threads: int | None = None  # torch CPU threads; None: torch's default (set 1 for parallel joblib jobs)
     progress: bool = True
     render: RenderConfig = field(default_factory=RenderConfig)
     regularizers: RegularizersConfig = field(default_factory=RegularizersConfig)

@@ -78,8 +78,8 @@ def contact_sheet(cells: list[tuple[Image.Image, str]], columns: int, side: int 
     draw = ImageDraw.Draw(sheet)
     for i, (image, label) in enumerate(cells):
         x, y = 8 + (i % columns) * (side + 8), 8 + (i // columns) * (side + caption + 8)
-        image = image.copy()
-        image.thumbnail((side, side))
+        scale = side / max(image.size)  # small images are enlarged too, so every cell reads alike
+        image = image.resize((round(image.width * scale), round(image.height * scale)), Image.Resampling.LANCZOS)
         sheet.paste(image, (x + (side - image.width) // 2, y + (side - image.height) // 2))
         draw.multiline_text((x, y + side + 4), label, fill="black", font=font, spacing=3)
     return sheet

@@ -24,7 +24,8 @@ class FeatureModel(nn.Module):
 
     `min_size` is the smallest input in pixels that gives the network's last feature map a full
     position (its total stride); `classes` names the output classes, index by index, and
-    `logits_layer` is the layer whose output is the logits.
+    `logits_layer` is the layer whose output is the logits; `weights_path` the file the weights
+    came from, whose checksum is recorded with every run.
     """
 
     def __init__(
@@ -35,13 +36,14 @@ class FeatureModel(nn.Module):
         classes: Sequence[str] = (),
         logits_layer: str = "",
         min_size: int = 32,
+        weights_path: str | None = None,
     ) -> None:
         super().__init__()
         self.net = net.requires_grad_(False)
         self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1))
         self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1))
         self.classes = list(classes)
-        self.logits_layer, self.min_size = logits_layer, min_size
+        self.logits_layer, self.min_size, self.weights_path = logits_layer, min_size, weights_path
         self.eval()
 
     def forward(self, image: Tensor) -> Tensor:
@@ -163,8 +165,9 @@ def efficientnet_lite(
     from efficientnet_lite_pytorch import EfficientNet
 
     net = EfficientNet.from_name(f"efficientnet-{variant}", image_size=None)
-    net.load_state_dict(torch.load(weights_file(variant), map_location="cpu", weights_only=True))
-    return FeatureModel(net, mean, std, class_names(classes), logits_layer, min_size)
+    weights = weights_file(variant)
+    net.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
+    return FeatureModel(net, mean, std, class_names(classes), logits_layer, min_size, weights)
 
 
 def weights_file(variant: str) -> str:

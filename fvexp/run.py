@@ -22,12 +22,14 @@ from omegaconf import DictConfig, OmegaConf
 
 from fvexp.config import thresholds, validate
 from fvexp.core import NonFiniteObjective, render
-from fvexp.environment import describe
+from fvexp.environment import describe, sha256
+from fvexp.environment import files as environment_files
 from fvexp.errors import FvexpError
 from fvexp.images import picture, save
 from fvexp.metrics import quality
 from fvexp.models import FeatureModel
 from fvexp.objectives import INPUT, Objective
+from fvexp.sweeps import sweep_key
 from fvexp.tracking import NullTracker
 from fvexp.transforms import Compose
 
@@ -40,7 +42,8 @@ def run_job(cfg: DictConfig) -> int:
     sweep = hydra.mode == RunMode.MULTIRUN
     tags = {"fvexp.experiment": hydra.runtime.choices.get("experiment") or "",
             "fvexp.ablation": hydra.runtime.choices.get("ablation") or "",
-            "fvexp.sweep": str(Path(hydra.sweep.dir).resolve()) if sweep else ""}
+            "fvexp.sweep": sweep_key(hydra) if sweep else "",
+            "fvexp.job": str(hydra.job.num) if sweep else ""}
     try:
         image, interrupted = run(cfg, Path(hydra.runtime.output_dir), list(hydra.overrides.task),
                                  name=hydra.job.override_dirname or None, tags=tags)
@@ -61,11 +64,14 @@ def run(cfg: DictConfig, out_dir: Path, overrides: list[str], name: str | None =
         tags: Mapping[str, str] | None = None) -> tuple[Path, bool]:
     """Render the configured visualization into `out_dir`; return the image path and if interrupted."""
     validate(cfg)
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
     device = resolve_device(cfg.device)
     settings = OmegaConf.to_container(cfg, resolve=True)
     tracker: NullTracker = build(cfg.tracking)
     tracker.start(name, dict(flatten(settings)), {**describe(device), **(tags or {}), "overrides": " ".join(overrides)},
-                  {"config.yaml": settings, "overrides.yaml": overrides})
+                  {"config.yaml": OmegaConf.to_yaml(cfg, resolve=True),  # in order: transforms run in it
+                   "overrides.yaml": OmegaConf.to_yaml(OmegaConf.create(overrides)), **environment_files()})
     try:
         image, interrupted = _render(cfg, out_dir, device, tracker)
     except KeyboardInterrupt:
@@ -86,6 +92,8 @@ def run(cfg: DictConfig, out_dir: Path, overrides: list[str], name: str | None =
 def _render(cfg: DictConfig, out_dir: Path, device: torch.device, tracker: NullTracker) -> tuple[Path, bool]:
     torch.manual_seed(cfg.seed)
     model: FeatureModel = build(cfg.model).to(device)
+    if model.weights_path:
+        tracker.set_tags({"weights.sha256": sha256(model.weights_path)})
     main: Objective = build(cfg.objective)
     objective = main + sum(weight * build(term) for weight, term in extra_terms(cfg, main))
     transforms: Compose = build(cfg.transforms)

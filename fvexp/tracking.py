@@ -23,8 +23,8 @@ class NullTracker:
     run_id: str | None = None
 
     def start(self, name: str | None, params: Mapping[str, Any], tags: Mapping[str, str],
-              files: Mapping[str, Any]) -> None:
-        """Begin a run called `name` with flat `params`, `tags`, and `files` (artifact name -> content)."""
+              files: Mapping[str, str]) -> None:
+        """Begin a run called `name` with flat `params`, `tags`, and `files` (artifact name -> text)."""
 
     def log_step(self, step: int, value: float) -> None:
         """The objective after `step`."""
@@ -38,6 +38,9 @@ class NullTracker:
     def log_file(self, path: Path, folder: str | None = None) -> None:
         """A file from the run folder."""
 
+    def set_tags(self, tags: Mapping[str, str]) -> None:
+        """Tags known only once the run is under way (the weights' checksum, say)."""
+
     def finish(self, status: str, error: str | None = None) -> None:
         """End the run as FINISHED, FAILED or KILLED, keeping everything logged so far."""
 
@@ -49,48 +52,82 @@ def launch_dir() -> Path:
     return Path(HydraConfig.get().runtime.cwd if HydraConfig.initialized() else os.getcwd()).resolve()
 
 
+def default_store() -> str:
+    """The SQLite store in `outputs/` of the folder fvexp was started from."""
+    return f"sqlite:///{launch_dir() / 'outputs' / 'mlflow.db'}"
+
+
 class MlflowTracker(NullTracker):
     """Logs to MLflow: `uri`, else $MLFLOW_TRACKING_URI, else `outputs/mlflow.db` where fvexp started.
 
     The default store is a SQLite file with artifacts beside it in `outputs/mlartifacts`, shared by
-    every run and sweep started from the same folder, so `mlflow ui` on it shows them all.
+    every run and sweep started from the same folder, so `mlflow ui` on it shows them all. A run of
+    a sweep becomes a child of the sweep's parent run (see `fvexp.sweeps`).
     """
 
     def __init__(self, uri: str | None = None, experiment: str = "fvexp", run_name: str | None = None) -> None:
-        outputs = launch_dir() / "outputs"
-        self.default_store = uri is None and not os.environ.get("MLFLOW_TRACKING_URI")
-        if self.default_store:
-            outputs.mkdir(parents=True, exist_ok=True)
-        self.uri = uri or os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{outputs / 'mlflow.db'}"
-        self.artifacts = (outputs / "mlartifacts" / experiment).as_uri()
+        self.default = uri is None and not os.environ.get("MLFLOW_TRACKING_URI")
+        self.uri = uri or os.environ.get("MLFLOW_TRACKING_URI") or default_store()
         self.experiment, self.run_name = experiment, run_name
         self.pending: list[Any] = []
+        self._client: Any = None
 
-    def start(self, name: str | None, params: Mapping[str, Any], tags: Mapping[str, str],
-              files: Mapping[str, Any]) -> None:
-        import mlflow
+    @property
+    def client(self) -> Any:
+        if self._client is None:
+            import mlflow
 
-        self.mlflow = mlflow
-        self.client = mlflow.MlflowClient(self.uri)
-        run = self.client.create_run(self._experiment_id(), run_name=self.run_name or name, tags=dict(tags))
-        self.run_id = run.info.run_id
-        from mlflow.entities import Param
+            if self.default:
+                (launch_dir() / "outputs").mkdir(parents=True, exist_ok=True)
+            self._client = mlflow.MlflowClient(self.uri)
+        return self._client
 
-        self.client.log_batch(self.run_id, params=[Param(k, str(v)[:6000]) for k, v in params.items()])
-        for name, content in files.items():
-            self.client.log_dict(self.run_id, content, name)
+    def experiment_id(self) -> str:
+        from mlflow.exceptions import MlflowException
 
-    def _experiment_id(self) -> str:
         found = self.client.get_experiment_by_name(self.experiment)
         if found:
             return found.experiment_id
-        location = self.artifacts if self.default_store else None
+        location = (launch_dir() / "outputs" / "mlartifacts" / self.experiment).as_uri() if self.default else None
         tags = {"mlflow.experimentKind": "custom_model_development",  # the UI's runs table, not its GenAI view
                 "mlflow.note.content": "fvexp feature visualizations: one run per job, images under Artifacts."}
         try:
             return self.client.create_experiment(self.experiment, artifact_location=location, tags=tags)
-        except self.mlflow.exceptions.MlflowException:  # created meanwhile by a parallel job
+        except MlflowException:  # created meanwhile by a parallel job
             return self.client.get_experiment_by_name(self.experiment).experiment_id
+
+    def open(self, name: str | None, tags: Mapping[str, str]) -> str:
+        """Create the run (a job's, or a sweep's parent) and make it the one this tracker logs to."""
+        run = self.client.create_run(self.experiment_id(), run_name=self.run_name or name, tags=dict(tags))
+        self.run_id = run.info.run_id
+        return self.run_id
+
+    def start(self, name: str | None, params: Mapping[str, Any], tags: Mapping[str, str],
+              files: Mapping[str, str]) -> None:
+        from fvexp.sweeps import CHILD, find_parent
+
+        tags = dict(tags)
+        if tags.get("fvexp.sweep"):
+            tags["fvexp.role"] = CHILD
+            parent = find_parent(self.client, self.experiment_id(), tags["fvexp.sweep"])
+            if parent:
+                tags["mlflow.parentRunId"] = parent
+        self.open(name, tags)
+        self.log_params(params)
+        for path, text in files.items():
+            self.log_text(text, path)
+
+    def log_params(self, params: Mapping[str, Any]) -> None:
+        from mlflow.entities import Param
+
+        self.client.log_batch(self.run_id, params=[Param(k, str(v)[:6000]) for k, v in params.items()])
+
+    def log_text(self, text: str, path: str) -> None:
+        self.client.log_text(self.run_id, text, path)
+
+    def set_tags(self, tags: Mapping[str, str]) -> None:
+        for key, value in tags.items():
+            self.client.set_tag(self.run_id, key, value)
 
     def log_step(self, step: int, value: float) -> None:
         from mlflow.entities import Metric

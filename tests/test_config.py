@@ -102,6 +102,8 @@ def test_the_distill_preset_is_the_article_recipe() -> None:
     ("render.stesp=3", "render.stesp"),
     ("objective.channel=five", "objective.channel"),
     ("param.sd=big", "param.sd"),
+    ("regularizers.tv.weight=strong", "regularizers.tv.weight"),
+    ("regularizers.tvv.weight=1", "regularizers.tvv"),
 ])
 def test_misspelt_keys_and_wrong_types_fail_at_compose_time_naming_the_key(override: str, names: str) -> None:
     with pytest.raises(ConfigCompositionException) as error:
@@ -115,6 +117,7 @@ def test_misspelt_keys_and_wrong_types_fail_at_compose_time_naming_the_key(overr
     ("render.batch=0", "render.batch=0 is not allowed"),
     ("render.thresholds=[0,600]", "steps between 1 and render.steps=512"),
     ("optimizer.lr=-0.1", "optimizer.lr=-0.1 is not allowed"),
+    ("diversity.weight=10", "render.batch=1 is not allowed: render.batch must be at least 2 when diversity.weight"),
 ])
 def test_out_of_range_values_name_the_key(override: str, message: str) -> None:
     with pytest.raises(FvexpError, match=message.replace("[", r"\[").replace(".", r"\.")):

@@ -1,0 +1,253 @@
+"""Compare the runs of a sweep at a glance: a contact sheet, CSV and Markdown tables, an HTML page.
+
+    python -m fvexp.compare                          # the latest sweep in the store
+    python -m fvexp.compare PARENT_RUN_ID            # one sweep
+    python -m fvexp.compare --experiment fvexp --filter "params.`param._target_` = 'fvexp.params.Pixel'"
+
+The sheet is a grid whose rows and columns are the overrides that vary across the runs (chosen
+automatically, or by --rows/--cols), each cell labelled with its overrides and a metric. Failed
+and unfinished runs get a cell saying so. Everything is written to --out and logged to the sweep's
+parent run under `compare/`; the paths are printed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import csv
+import html
+import itertools
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from PIL import Image, ImageDraw
+
+from fvexp.errors import FvexpError
+from fvexp.images import contact_sheet
+from fvexp.sweeps import PARENT
+from fvexp.tracking import default_store
+
+SIDE = 192
+
+
+@dataclass
+class Cell:
+    run: Any
+    overrides: dict[str, str]
+    image: Image.Image | None
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("run_id", nargs="?", help="a sweep's parent run (default: the latest sweep)")
+    parser.add_argument("--experiment", help="compare the runs of this MLflow experiment instead of a sweep")
+    parser.add_argument("--filter", default="", help="an MLflow search filter, with --experiment")
+    parser.add_argument("--rows", help="override key laid out down the sheet")
+    parser.add_argument("--cols", help="override key laid out across the sheet")
+    parser.add_argument("--metric", default="objective_untransformed", help="metric printed under each image")
+    parser.add_argument("--page-size", type=int, default=36, help="cells per contact sheet")
+    parser.add_argument("--store", default=os.environ.get("MLFLOW_TRACKING_URI") or default_store())
+    parser.add_argument("--out", type=Path, help="output folder (default outputs/compare/<sweep>)")
+    args = parser.parse_args(argv)
+    try:
+        for path in compare(args):
+            print(path)
+    except FvexpError as error:
+        raise SystemExit(f"fvexp.compare: error: {error}") from None
+
+
+def compare(args: argparse.Namespace) -> list[Path]:
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    import mlflow
+
+    client = mlflow.MlflowClient(args.store)
+    parent, runs = select(client, args)
+    if not any(r.info.status == "FINISHED" for r in runs):
+        counts = ", ".join(f"{n} {s.lower()}" for s, n in sorted(count(r.info.status for r in runs).items()))
+        raise FvexpError(f"{describe(parent, args)} has no finished runs ({counts or 'no runs at all'})")
+    cells = [Cell(r, overrides_of(r), None) for r in runs]
+    varying = [k for k in dict.fromkeys(k for c in cells for k in c.overrides)
+               if len({c.overrides.get(k) for c in cells}) > 1]
+    rows_key, cols_key = axes(varying, args.rows, args.cols)
+    out = args.out or Path("outputs") / "compare" / folder_name(parent, args)
+    out.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        for cell in cells:
+            cell.image = final_image(client, cell.run, tmp)
+    written = [*sheets(cells, rows_key, cols_key, varying, args.metric, args.page_size, out)]
+    metrics = sorted({m for c in cells for m in c.run.data.metrics})
+    written += [table_csv(cells, varying, metrics, out / "runs.csv"),
+                table_md(cells, varying, metrics, out / "runs.md")]
+    written.append(page(cells, varying, metrics, written[:-2], out / "index.html", describe(parent, args)))
+    if parent:
+        for path in written:
+            client.log_artifact(parent.info.run_id, str(path), "compare")
+    return written
+
+
+def select(client: Any, args: argparse.Namespace) -> tuple[Any | None, list]:
+    """The parent run (if any) and its runs, from a run id, an experiment and filter, or the latest sweep."""
+    from mlflow.exceptions import MlflowException
+
+    experiments = [e.experiment_id for e in client.search_experiments()]
+    if args.experiment:
+        found = client.get_experiment_by_name(args.experiment)
+        if found is None:
+            names = [e.name for e in client.search_experiments()]
+            raise FvexpError(f"no experiment {args.experiment!r} in {args.store}; experiments: {', '.join(names)}")
+        clause = " and ".join(f for f in (args.filter, f"tags.`fvexp.role` != '{PARENT}'") if f)
+        try:
+            return None, client.search_runs([found.experiment_id], clause, order_by=["attributes.start_time ASC"],
+                                            max_results=5000)
+        except MlflowException as error:
+            raise FvexpError(f"bad --filter {args.filter!r}: {error.message}") from None
+    if args.run_id:
+        try:
+            parent = client.get_run(args.run_id)
+        except MlflowException:
+            raise FvexpError(f"no run {args.run_id!r} in the store {args.store}; if it was logged elsewhere, "
+                             "pass that store with --store or MLFLOW_TRACKING_URI") from None
+        if parent.data.tags.get("fvexp.role") != PARENT:
+            raise FvexpError(f"run {args.run_id} is not a sweep's parent run; its parent is "
+                             f"{parent.data.tags.get('mlflow.parentRunId', 'none (a single run)')}")
+    else:
+        latest = client.search_runs(experiments, f"tags.`fvexp.role` = '{PARENT}'",
+                                    order_by=["attributes.start_time DESC"], max_results=1)
+        if not latest:
+            raise FvexpError(f"no sweep in the store {args.store}; run one with fvexp -m ... first")
+        parent = latest[0]
+    children = client.search_runs([parent.info.experiment_id], f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'",
+                                  order_by=["attributes.start_time ASC"], max_results=5000)
+    return parent, sorted(children, key=lambda r: int(r.data.tags.get("fvexp.job") or 0))  # the sweep's order
+
+
+def folder_name(parent: Any | None, args: argparse.Namespace) -> str:
+    """The sweep's own folder name (date_time), else the experiment's name."""
+    if parent is None:
+        return args.experiment
+    sweep = Path(parent.data.tags.get("fvexp.sweep", parent.info.run_id))
+    return f"{sweep.parent.name}_{sweep.name}"
+
+
+def describe(parent: Any | None, args: argparse.Namespace) -> str:
+    return f"sweep {parent.info.run_name!r} ({parent.info.run_id})" if parent else f"experiment {args.experiment!r}"
+
+
+def count(items: Any) -> dict[str, int]:
+    totals: dict[str, int] = {}
+    for item in items:
+        totals[item] = totals.get(item, 0) + 1
+    return totals
+
+
+def overrides_of(run: Any) -> dict[str, str]:
+    return dict(o.split("=", 1) for o in run.data.tags.get("overrides", "").split() if "=" in o)
+
+
+def axes(varying: list[str], rows: str | None, cols: str | None) -> tuple[str | None, str | None]:
+    """Rows and columns of the sheet: as asked, else the first two overrides that vary."""
+    for key, flag in ((rows, "--rows"), (cols, "--cols")):
+        if key and key not in varying:
+            raise FvexpError(f"{flag} {key!r} does not vary in these runs; varying: {', '.join(varying) or 'nothing'}")
+    rest = [k for k in varying if k not in (rows, cols)]
+    rows = rows or (rest.pop(0) if rest else None)
+    cols = cols or (rest.pop(0) if rest else None)
+    return rows, cols
+
+
+def final_image(client: Any, run: Any, tmp: str) -> Image.Image | None:
+    try:
+        return Image.open(client.download_artifacts(run.info.run_id, "image.png", tmp)).convert("RGB")
+    except Exception:  # a failed or running run may have no image yet: its cell says so
+        return None
+
+
+def placeholder(run: Any) -> Image.Image:
+    """A grey cell that says why a run has no image."""
+    image = Image.new("RGB", (SIDE, SIDE), (200, 200, 200))
+    reason = run.data.tags.get("error", "")[:120]
+    text = f"{run.info.status}\n" + "\n".join(reason[i:i + 28] for i in range(0, len(reason), 28))
+    ImageDraw.Draw(image).multiline_text((8, 8), text, fill=(120, 0, 0))
+    return image
+
+
+def label(cell: Cell, varying: list[str], metric: str) -> str:
+    lines = [f"{k}={cell.overrides.get(k, '-')}" for k in varying] or [cell.run.info.run_name]
+    value = cell.run.data.metrics.get(metric)
+    lines.append(f"{metric} {value:.4g}" if value is not None else cell.run.info.status.lower())
+    return "\n".join(lines)
+
+
+def sheets(cells: list[Cell], rows_key: str | None, cols_key: str | None, varying: list[str], metric: str,
+           page_size: int, out: Path) -> list[Path]:
+    """Contact sheets laid out rows × columns by the two axes, `page_size` cells a page."""
+    row_values = list(dict.fromkeys(c.overrides.get(rows_key, "") for c in cells)) if rows_key else [""]
+    col_values = list(dict.fromkeys(c.overrides.get(cols_key, "") for c in cells)) if cols_key else [""]
+    by_position: dict[tuple[str, str], list[Cell]] = {}
+    for cell in cells:
+        position = tuple(cell.overrides.get(k, "") if k else "" for k in (rows_key, cols_key))
+        by_position.setdefault(position, []).append(cell)
+    depth = max(len(v) for v in by_position.values())  # several runs per position: other overrides vary too
+    grid: list[tuple[Image.Image, str]] = []
+    for row, layer in itertools.product(row_values, range(depth)):
+        for col in col_values:
+            found = by_position.get((row, col), [])
+            if layer < len(found):
+                cell = found[layer]
+                grid.append((cell.image or placeholder(cell.run), label(cell, varying, metric)))
+            else:
+                grid.append((Image.new("RGB", (SIDE, SIDE), "white"), ""))
+    columns = len(col_values)
+    per_page = max(columns, page_size // columns * columns)
+    paths = []
+    for page_number, start in enumerate(range(0, len(grid), per_page), 1):
+        suffix = f"_{page_number}" if len(grid) > per_page else ""
+        path = out / f"contact_sheet{suffix}.png"
+        contact_sheet(grid[start:start + per_page], columns=columns, side=SIDE).save(path)
+        paths.append(path)
+    return paths
+
+
+def rows_of(cells: list[Cell], varying: list[str], metrics: list[str]) -> tuple[list[str], list[list[str]]]:
+    header = ["run_id", "name", "status", *varying, *metrics]
+    rows = [[c.run.info.run_id, c.run.info.run_name, c.run.info.status, *(c.overrides.get(k, "") for k in varying),
+             *(f"{c.run.data.metrics[m]:.6g}" if m in c.run.data.metrics else "" for m in metrics)] for c in cells]
+    return header, rows
+
+
+def table_csv(cells: list[Cell], varying: list[str], metrics: list[str], path: Path) -> Path:
+    header, rows = rows_of(cells, varying, metrics)
+    with path.open("w", newline="") as f:
+        csv.writer(f).writerows([header, *rows])
+    return path
+
+
+def table_md(cells: list[Cell], varying: list[str], metrics: list[str], path: Path) -> Path:
+    header, rows = rows_of(cells, varying, metrics)
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(r) + " |" for r in rows]
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def page(cells: list[Cell], varying: list[str], metrics: list[str], pictures: list[Path], path: Path,
+         title: str) -> Path:
+    """One self-contained HTML file: the sheets inlined as data URIs, and the table."""
+    header, rows = rows_of(cells, varying, metrics)
+    images = "".join(f'<img src="data:image/png;base64,{base64.b64encode(p.read_bytes()).decode()}" alt="{p.name}">'
+                     for p in pictures)
+    table = "<tr>" + "".join(f"<th>{html.escape(h)}</th>" for h in header) + "</tr>"
+    table += "".join("<tr>" + "".join(f"<td>{html.escape(v)}</td>" for v in r) + "</tr>" for r in rows)
+    path.write_text(f"""<!doctype html><html><head><meta charset="utf-8"><title>{html.escape(title)}</title>
+<style>body{{font-family:sans-serif;margin:2em}}table{{border-collapse:collapse;font-size:13px}}
+td,th{{border:1px solid #ccc;padding:3px 6px;text-align:left}}img{{max-width:100%;display:block;margin:1em 0}}</style>
+</head><body><h1>{html.escape(title)}</h1>{images}<table>{table}</table></body></html>
+""")
+    return path
+
+
+if __name__ == "__main__":
+    main()

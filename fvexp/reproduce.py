@@ -1,0 +1,113 @@
+"""Re-run one run from its MLflow record alone, and say whether the picture came out the same.
+
+    python -m fvexp.reproduce RUN_ID [--store URI] [--threads N]
+
+The resolved config is read from the run's `config.yaml` artifact (not from any local folder),
+run again into a new MLflow run tagged `fvexp.reproduces=RUN_ID`, and its final image is compared
+with the recorded one, pixel by pixel. The report says `identical (max |Δ| = 0)`, or the largest
+pixel difference together with what differs in the environment (versions, commit, device, threads).
+On the CPU, the same seed, machine and thread count give the same bytes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import yaml
+from PIL import Image
+
+from fvexp.errors import FvexpError
+from fvexp.tracking import default_store
+
+NEEDED_TAGS = ("git.commit", "python.version", "torch.version", "torchvision.version", "numpy.version",
+               "mlflow.version", "device", "torch.threads", "weights.sha256")
+NEEDED_FILES = ("config.yaml", "image.png")
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("run_id")
+    parser.add_argument("--store", default=os.environ.get("MLFLOW_TRACKING_URI") or default_store())
+    parser.add_argument("--threads", type=int, help="torch threads for the re-run (default: this machine's)")
+    parser.add_argument("--out", type=Path, default=Path("outputs") / "reproduce")
+    args = parser.parse_args(argv)
+    try:
+        identical, report = reproduce(args.run_id, args.store, args.threads, args.out)
+    except FvexpError as error:
+        raise SystemExit(f"fvexp.reproduce: error: {error}") from None
+    print(report)
+    sys.exit(0 if identical else 1)
+
+
+def reproduce(run_id: str, store: str, threads: int | None, out: Path) -> tuple[bool, str]:
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    import mlflow
+    from mlflow.exceptions import MlflowException
+    from omegaconf import OmegaConf
+
+    from fvexp.run import run
+
+    client = mlflow.MlflowClient(store)
+    try:
+        source = client.get_run(run_id)
+    except MlflowException:
+        raise FvexpError(f"no run {run_id!r} in the store {store}; if it was logged elsewhere, pass that store "
+                         "with --store or MLFLOW_TRACKING_URI") from None
+    with tempfile.TemporaryDirectory() as tmp:
+        files = record_files(client, source, tmp)
+        recorded = np.asarray(Image.open(files["image.png"]).convert("RGB"), dtype=np.int16)
+        cfg = OmegaConf.create(yaml.safe_load(Path(files["config.yaml"]).read_text()))
+    missing = [tag for tag in NEEDED_TAGS if tag not in source.data.tags]
+    if missing:
+        raise FvexpError(f"run {run_id} cannot be reproduced: its record lacks the tag(s) {', '.join(missing)} "
+                         "(it was logged by an older fvexp, or not by fvexp)")
+    if threads:
+        cfg.threads = threads  # run() applies it; otherwise the recorded setting, else torch's default
+    cfg.tracking = {"_target_": "fvexp.tracking.MlflowTracker", "uri": store,
+                    "experiment": client.get_experiment(source.info.experiment_id).name, "run_name": None}
+    cfg.progress = False
+    target = out / f"{run_id}-{time.strftime('%Y%m%d-%H%M%S')}"
+    overrides = source.data.tags.get("overrides", "").split()
+    image, _ = run(cfg, target, overrides, name=f"reproduce {source.info.run_name}",
+                   tags={"fvexp.reproduces": run_id})
+    new_run = client.search_runs([source.info.experiment_id], f"tags.`fvexp.reproduces` = '{run_id}'",
+                                 order_by=["attributes.start_time DESC"], max_results=1)[0]
+    again = np.asarray(Image.open(image).convert("RGB"), dtype=np.int16)
+    differences = environment_differences(source.data.tags, new_run.data.tags)
+    if recorded.shape == again.shape and not np.any(recorded != again):
+        report = f"identical (max |Δ| = 0): {image} matches run {run_id}"
+        if differences:
+            report += "\n(despite environment differences: " + "; ".join(differences) + ")"
+        return True, report
+    delta = ("shapes differ" if recorded.shape != again.shape
+             else f"max |Δ| = {int(np.abs(recorded - again).max())} of 255")
+    changed = "; ".join(differences) or "none recorded (same versions, commit, device and threads)"
+    return False, f"differs: {delta}, new image {image}\nenvironment differences: {changed}"
+
+
+def record_files(client: Any, source: Any, tmp: str) -> dict[str, str]:
+    """Download the artifacts a re-run needs, or say which are missing."""
+    present = {a.path for a in client.list_artifacts(source.info.run_id)}
+    missing = [name for name in NEEDED_FILES if name not in present]
+    if missing:
+        raise FvexpError(f"run {source.info.run_id} cannot be reproduced: its record lacks the artifact(s) "
+                         f"{', '.join(missing)} (status {source.info.status}; a run that failed early keeps no image)")
+    return {name: client.download_artifacts(source.info.run_id, name, tmp) for name in NEEDED_FILES}
+
+
+def environment_differences(before: dict[str, str], after: dict[str, str]) -> list[str]:
+    """Recorded environment tags that changed, as 'tag: old → new'."""
+    keys = [k for k in before if k.endswith(".version") or k.startswith(("git.", "device", "torch.", "cudnn.",
+                                                                           "weights."))]
+    return [f"{k}: {before[k]} → {after.get(k, 'missing')}" for k in keys if before[k] != after.get(k)]
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,197 @@
+"""Sweeps as parent runs, `fvexp.compare` contact sheets, `fvexp.reproduce` bitwise, the MLflow UI."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import mlflow
+import pytest
+from PIL import Image
+
+from tests.conftest import ROOT, fvexp
+
+pytestmark = pytest.mark.slow
+
+
+def module(name: str, *args: str, cwd: Path, store: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "MLFLOW_TRACKING_URI": store}
+    return subprocess.run([sys.executable, "-m", f"fvexp.{name}", *args], cwd=cwd, env=env, capture_output=True,
+                          text=True, timeout=600)
+
+
+@pytest.fixture(scope="module")
+def sweep(tmp_path_factory) -> tuple[Path, str]:
+    """A 4-job joblib sweep in a fresh store: (folder, store URI)."""
+    folder = tmp_path_factory.mktemp("sweep")
+    store = f"sqlite:///{folder / 'store.db'}"
+    done = fvexp("-m", "param=pixel,fourier", "transforms=none,standard", "render.steps=8", "render.size=64",
+                 "hydra/launcher=joblib", "threads=1", "progress=false", cwd=folder,
+                 env={"MLFLOW_TRACKING_URI": store})
+    assert done.returncode == 0, done.stderr[-3000:]
+    return folder, store
+
+
+def all_runs(store: str) -> list:
+    client = mlflow.MlflowClient(store)
+    return client.search_runs([e.experiment_id for e in client.search_experiments()], max_results=1000)
+
+
+def test_a_joblib_sweep_is_one_parent_with_four_children(sweep) -> None:
+    _, store = sweep
+    runs = all_runs(store)
+    parents = [r for r in runs if r.data.tags.get("fvexp.role") == "parent"]
+    assert len(parents) == 1
+    parent = parents[0]
+    children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
+    assert len(children) == 4 and all(c.info.status == "FINISHED" for c in children)
+    assert parent.info.status == "FINISHED" and parent.data.params["param"] == "pixel,fourier"
+    assert {c.data.tags["fvexp.sweep"] for c in children} == {parent.data.tags["fvexp.sweep"]}
+    client = mlflow.MlflowClient(store)
+    assert "multirun.yaml" in {a.path for a in client.list_artifacts(parent.info.run_id)}
+    record = {a.path for a in client.list_artifacts(children[0].info.run_id, "environment")}
+    assert "environment/pip-freeze.txt" in record
+    tags = children[0].data.tags
+    for tag in ("git.commit", "python.version", "numpy.version", "mlflow.version", "torch.threads", "weights.sha256",
+                "torch.deterministic_algorithms"):
+        assert tag in tags, tag
+    assert tags["torch.threads"] == "1" and len(tags["weights.sha256"]) == 64
+
+
+def test_compare_writes_a_labelled_two_by_two_sheet_and_tables(sweep) -> None:
+    folder, store = sweep
+    done = module("compare", "--out", str(folder / "compare"), cwd=folder, store=store)
+    assert done.returncode == 0, done.stderr
+    paths = [Path(line) for line in done.stdout.split()]
+    assert [p.name for p in paths] == ["contact_sheet.png", "runs.csv", "runs.md", "index.html"]
+    sheet = Image.open(paths[0])
+    assert 2 * 192 < sheet.width < 3 * 192 and 2 * 192 < sheet.height < 3 * 192  # 2 columns, 2 rows
+    rows = list(csv.DictReader(paths[1].open()))
+    assert len(rows) == 4 and {r["param"] for r in rows} == {"pixel", "fourier"}
+    assert {r["transforms"] for r in rows} == {"none", "standard"} and all(r["status"] == "FINISHED" for r in rows)
+    assert paths[2].read_text().startswith("| run_id | name | status | param | transforms | ")
+    html = paths[3].read_text()
+    assert html.count("data:image/png;base64,") == 1 and html.count("<tr>") == 5
+    parent = next(r for r in all_runs(store) if r.data.tags.get("fvexp.role") == "parent")
+    logged = {a.path for a in mlflow.MlflowClient(store).list_artifacts(parent.info.run_id, "compare")}
+    assert logged == {f"compare/{p.name}" for p in paths}
+    done = module("compare", "--rows", "seed", cwd=folder, store=store)
+    assert done.returncode == 1
+    assert "--rows 'seed' does not vary in these runs; varying: param, transforms" in done.stderr
+
+
+def test_reproduce_is_bitwise_and_names_what_changed(sweep) -> None:
+    folder, store = sweep
+    child = next(r for r in all_runs(store) if r.data.tags.get("fvexp.role") == "job")
+    done = module("reproduce", child.info.run_id, cwd=folder, store=store)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("identical (max |Δ| = 0)")
+    copies = [r for r in all_runs(store) if r.data.tags.get("fvexp.reproduces") == child.info.run_id]
+    assert len(copies) == 1 and copies[0].info.status == "FINISHED"
+    done = module("reproduce", child.info.run_id, "--threads", "2", cwd=folder, store=store)
+    assert "torch.threads: 1 → 2" in done.stdout
+
+
+def test_reproduce_names_a_changed_library_version(sweep, monkeypatch) -> None:
+    from fvexp import environment, reproduce
+
+    folder, store = sweep
+    child = next(r for r in all_runs(store) if r.data.tags.get("fvexp.role") == "job")
+    real = environment.package_version
+    monkeypatch.setattr(environment, "package_version", lambda name: "9.9.9" if name == "numpy" else real(name))
+    monkeypatch.chdir(folder)
+    _, report = reproduce.reproduce(child.info.run_id, store, None, folder / "again")
+    assert f"numpy.version: {real('numpy')} → 9.9.9" in report
+
+
+def test_bad_inputs_get_one_clear_message(sweep, tmp_path: Path) -> None:
+    folder, store = sweep
+    done = module("reproduce", "0123456789abcdef", cwd=folder, store=store)
+    assert done.returncode == 1
+    assert done.stderr.strip() == (f"fvexp.reproduce: error: no run '0123456789abcdef' in the store {store}; if it "
+                                   "was logged elsewhere, pass that store with --store or MLFLOW_TRACKING_URI")
+    other = f"sqlite:///{tmp_path / 'other.db'}"
+    foreign = mlflow.MlflowClient(other).create_run("0").info.run_id
+    done = module("compare", foreign, cwd=folder, store=store)
+    assert f"no run '{foreign}' in the store {store}" in done.stderr
+    bare = mlflow.MlflowClient(store).create_run("0").info.run_id  # a run not made by fvexp
+    done = module("reproduce", bare, cwd=folder, store=store)
+    assert "its record lacks the artifact(s) config.yaml, image.png" in done.stderr
+    failing = fvexp("-m", "objective.layer=nope,_blocks.99", "render.steps=2", "render.size=64",
+                    "tracking.experiment=broken", cwd=tmp_path, env={"MLFLOW_TRACKING_URI": store})
+    assert failing.returncode == 2
+    done = module("compare", cwd=folder, store=store)
+    assert done.returncode == 1 and "has no finished runs (2 failed)" in done.stderr
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def get(url: str) -> bytes:
+    with urllib.request.urlopen(url, timeout=30) as response:
+        return response.read()
+
+
+def chromium(url: str, profile: Path, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([shutil.which("chromium"), "--headless", "--no-sandbox", "--disable-gpu",
+                           "--disable-background-networking", "--disable-component-update", "--no-first-run",
+                           "--disable-sync", f"--user-data-dir={profile}", "--window-size=1400,900",
+                           "--virtual-time-budget=20000", *args, url], capture_output=True, text=True, timeout=180)
+
+
+@pytest.mark.skipif(shutil.which("chromium") is None,
+                    reason="no Chromium installed (.ci/run installs Debian's chromium; apt-get install chromium)")
+def test_the_mlflow_ui_shows_the_sweep_nesting_and_images(sweep, tmp_path: Path) -> None:
+    folder, store = sweep
+    port = free_port()
+    server = subprocess.Popen([sys.executable, "-m", "mlflow", "server", "--backend-store-uri", store, "--host",
+                               "127.0.0.1", "--port", str(port), "--workers", "1"], cwd=folder,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        for _ in range(120):
+            try:
+                get(f"{base}/health")
+                break
+            except OSError:
+                time.sleep(0.5)
+        experiment = json.loads(get(f"{base}/api/2.0/mlflow/experiments/get-by-name?experiment_name=fvexp"))
+        experiment_id = experiment["experiment"]["experiment_id"]
+        request = urllib.request.Request(f"{base}/api/2.0/mlflow/runs/search", method="POST",
+                                         data=json.dumps({"experiment_ids": [experiment_id]}).encode(),
+                                         headers={"Content-Type": "application/json"})
+        runs = json.loads(get(request))["runs"]
+        tags = [{t["key"]: t["value"] for t in r["data"].get("tags", [])} for r in runs]
+        parent = next(r for r, t in zip(runs, tags, strict=True) if t.get("fvexp.role") == "parent")
+        children = [r for r, t in zip(runs, tags, strict=True)
+                    if t.get("mlflow.parentRunId") == parent["info"]["run_id"]]
+        assert len(children) == 4
+        child = children[0]["info"]["run_id"]
+        assert get(f"{base}/get-artifact?path=image.png&run_uuid={child}").startswith(b"\x89PNG")
+
+        table = chromium(f"{base}/#/experiments/{experiment_id}/runs", tmp_path / "p1", "--dump-dom").stdout
+        assert parent["info"]["run_name"] in table  # the sweep's parent row, its children folded under it
+        shown = re.search(r"(\d+)(?:\s|<[^>]*>)*matching runs", table)
+        assert shown and int(shown.group(1)) == len(runs)  # every run of the experiment is listed
+        page = chromium(f"{base}/#/experiments/{experiment_id}/runs/{child}/artifacts/image.png", tmp_path / "p2",
+                        "--dump-dom").stdout
+        assert 'alt="image.png"' in page  # the logged image is shown on the run's page
+        shot = tmp_path / "runs.png"
+        chromium(f"{base}/#/experiments/{experiment_id}/runs", tmp_path / "p3", f"--screenshot={shot}")
+        assert Image.open(shot).size == (1400, 900)
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)  # the server by its own process id (and its workers)
+        server.wait(timeout=30)
