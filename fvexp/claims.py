@@ -55,8 +55,14 @@ def claim_diversity(t: Table) -> tuple[bool, str]:
 
 def claim_logits(t: Table) -> tuple[bool, str]:
     logit, prob = t["class_logit"]["high_frequency_energy"], t["class_prob"]["high_frequency_energy"]
-    return logit <= prob, (f"the logit objective's image has high-frequency energy {logit:.3f}, the probability's "
-                           f"{prob:.3f} (the article finds logits give better images)")
+    numbers = (f"the logit objective's image has high-frequency energy {logit:.3f}, the probability's {prob:.3f} "
+               "(the article finds logits give better images)")
+    saturated = t["class_prob"]["objective_untransformed"] > 0.99
+    if saturated:
+        numbers += (f"; the probability reached {t['class_prob']['objective_untransformed']:.3f} within "
+                    f"{t['class_prob']['steps_to_90pct']:.0f} steps, after which its gradient vanishes and the image "
+                    "stops developing, so its spectrum says little about its quality")
+    return logit <= prob, numbers
 
 
 PRESETS: dict[str, tuple[str, Callable[[Table], tuple[bool, str]] | None]] = {

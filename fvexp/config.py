@@ -224,10 +224,8 @@ class L1Term:
 
 
 @dataclass
-class L2Term:
+class L2Term(L1Term):
     _target_: str = "fvexp.regularizers.l2"
-    weight: float = 0.0
-    constant: float = 0.5
 
 
 @dataclass

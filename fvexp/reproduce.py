@@ -6,7 +6,8 @@ The resolved config is read from the run's `config.yaml` artifact (not from any 
 run again into a new MLflow run tagged `fvexp.reproduces=RUN_ID`, and its final image is compared
 with the recorded one, pixel by pixel. The report says `identical (max |Δ| = 0)`, or the largest
 pixel difference together with what differs in the environment (versions, commit, device, threads).
-On the CPU, the same seed, machine and thread count give the same bytes.
+The re-run uses the recorded thread count unless --threads says otherwise. On the CPU, the same
+seed, machine and thread count give the same bytes.
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("run_id")
     parser.add_argument("--store", default=os.environ.get("MLFLOW_TRACKING_URI") or default_store())
-    parser.add_argument("--threads", type=int, help="torch threads for the re-run (default: this machine's)")
+    parser.add_argument("--threads", type=int, help="torch threads for the re-run (default: as recorded)")
     parser.add_argument("--out", type=Path, default=Path("outputs") / "reproduce")
     args = parser.parse_args(argv)
     try:
@@ -68,8 +69,7 @@ def reproduce(run_id: str, store: str, threads: int | None, out: Path) -> tuple[
     if missing:
         raise FvexpError(f"run {run_id} cannot be reproduced: its record lacks the tag(s) {', '.join(missing)} "
                          "(it was logged by an older fvexp, or not by fvexp)")
-    if threads:
-        cfg.threads = threads  # run() applies it; otherwise the recorded setting, else torch's default
+    cfg.threads = threads or int(source.data.tags["torch.threads"])  # as recorded, unless asked otherwise
     cfg.tracking = {"_target_": "fvexp.tracking.MlflowTracker", "uri": store,
                     "experiment": client.get_experiment(source.info.experiment_id).name, "run_name": None}
     cfg.progress = False

@@ -134,6 +134,18 @@ def test_bad_inputs_get_one_clear_message(sweep, tmp_path: Path) -> None:
     assert done.returncode == 1 and "has no finished runs (2 failed)" in done.stderr
 
 
+def test_failed_jobs_are_shown_not_dropped(tmp_path: Path) -> None:
+    store = f"sqlite:///{tmp_path / 'store.db'}"
+    done = fvexp("-m", "objective.channel=5,999", "render.steps=4", "render.size=64", "progress=false", cwd=tmp_path,
+                 env={"MLFLOW_TRACKING_URI": store})
+    assert done.returncode == 2  # the sweep went on past the failed job, and says one failed
+    done = module("compare", "--out", str(tmp_path / "compare"), cwd=tmp_path, store=store)
+    assert done.returncode == 0, done.stderr
+    rows = list(csv.DictReader((tmp_path / "compare" / "runs.csv").open()))
+    assert [(r["objective.channel"], r["status"]) for r in rows] == [("5", "FINISHED"), ("999", "FAILED")]
+    assert Image.open(tmp_path / "compare" / "contact_sheet.png").width > 2 * 192  # two cells, the failed one grey
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
