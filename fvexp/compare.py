@@ -19,6 +19,7 @@ import html
 import itertools
 import os
 import tempfile
+import textwrap
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -31,6 +32,7 @@ from fvexp.sweeps import PARENT
 from fvexp.tracking import default_store
 
 SIDE = 192
+WRAP = 8  # cells across, at most, when only the columns vary
 
 
 @dataclass
@@ -153,6 +155,8 @@ def axes(varying: list[str], rows: str | None, cols: str | None) -> tuple[str | 
         if key and key not in varying:
             raise FvexpError(f"{flag} {key!r} does not vary in these runs; varying: {', '.join(varying) or 'nothing'}")
     rest = [k for k in varying if k not in (rows, cols)]
+    if not rows and not cols and len(rest) == 1:  # one thing varies: read it left to right
+        return None, rest[0]
     rows = rows or (rest.pop(0) if rest else None)
     cols = cols or (rest.pop(0) if rest else None)
     return rows, cols
@@ -168,8 +172,7 @@ def final_image(client: Any, run: Any, tmp: str) -> Image.Image | None:
 def placeholder(run: Any) -> Image.Image:
     """A grey cell that says why a run has no image."""
     image = Image.new("RGB", (SIDE, SIDE), (200, 200, 200))
-    reason = run.data.tags.get("error", "")[:120]
-    text = f"{run.info.status}\n" + "\n".join(reason[i:i + 28] for i in range(0, len(reason), 28))
+    text = f"{run.info.status}\n" + textwrap.fill(run.data.tags.get("error", "")[:160], 26)
     ImageDraw.Draw(image).multiline_text((8, 8), text, fill=(120, 0, 0))
     return image
 
@@ -200,7 +203,7 @@ def sheets(cells: list[Cell], rows_key: str | None, cols_key: str | None, varyin
                 grid.append((cell.image or placeholder(cell.run), label(cell, varying, metric)))
             else:
                 grid.append((Image.new("RGB", (SIDE, SIDE), "white"), ""))
-    columns = len(col_values)
+    columns = len(col_values) if rows_key else min(len(col_values), WRAP)  # a single row wraps
     per_page = max(columns, page_size // columns * columns)
     paths = []
     for page_number, start in enumerate(range(0, len(grid), per_page), 1):

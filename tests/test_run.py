@@ -117,8 +117,10 @@ def test_multirun_gives_one_run_and_one_named_folder_per_job(tmp_path: Path) -> 
         assert files == {"image.png", "image_0.png", "image_1.png", "steps/step_00004.png",
                          "steps/step_00004_0.png", "steps/step_00004_1.png"}
         assert Image.open(tmp_path / "sweep" / folder / "image.png").size == (64 * 2 + 4, 64)
-    recorded = runs(store)
+    recorded = [r for r in runs(store) if r.data.tags.get("fvexp.role") == "job"]
     assert [r.info.run_name for r in recorded] == named
+    parents = {r.data.tags["mlflow.parentRunId"] for r in recorded}
+    assert len(parents) == 1 and len(runs(store)) == 3  # the sweep's parent run holds both jobs
     assert all(r.info.status == "FINISHED" for r in recorded)
     assert not (tmp_path / "outputs" / "mlflow.db").exists()  # MLFLOW_TRACKING_URI wins over the default
 
