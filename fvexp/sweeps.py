@@ -38,7 +38,10 @@ def find_parent(client: Any, experiment_id: str, key: str) -> str | None:
 
 
 class MlflowSweep(Callback):
-    """Opens the sweep's parent run before the jobs and closes it after them."""
+    """Opens the sweep's parent run before the jobs and closes it after them, counting how they ended.
+
+    The parent ends FINISHED if any job finished, else FAILED; `fvexp.jobs.<status>` tags count the jobs.
+    """
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         tracker = self._tracker(config)
@@ -58,9 +61,15 @@ class MlflowSweep(Callback):
         tracker = self._tracker(config)
         if tracker is None:
             return
-        parent = find_parent(tracker.client, tracker.experiment_id(), sweep_key(config.hydra))
-        if parent:
-            tracker.client.set_terminated(parent, "FINISHED")
+        experiment = tracker.experiment_id()
+        parent = find_parent(tracker.client, experiment, sweep_key(config.hydra))
+        if parent is None:
+            return
+        jobs = tracker.client.search_runs([experiment], f"tags.`mlflow.parentRunId` = '{parent}'", max_results=5000)
+        statuses = [job.info.status for job in jobs]
+        for status in ("FINISHED", "FAILED", "KILLED"):
+            tracker.client.set_tag(parent, f"fvexp.jobs.{status.lower()}", str(statuses.count(status)))
+        tracker.client.set_terminated(parent, "FINISHED" if "FINISHED" in statuses else "FAILED")
 
     @staticmethod
     def _tracker(config: DictConfig):

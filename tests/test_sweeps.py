@@ -56,6 +56,7 @@ def test_a_joblib_sweep_is_one_parent_with_four_children(sweep) -> None:
     children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
     assert len(children) == 4 and all(c.info.status == "FINISHED" for c in children)
     assert parent.info.status == "FINISHED" and parent.data.params["param"] == "pixel,fourier"
+    assert (parent.data.tags["fvexp.jobs.finished"], parent.data.tags["fvexp.jobs.failed"]) == ("4", "0")
     assert {c.data.tags["fvexp.sweep"] for c in children} == {parent.data.tags["fvexp.sweep"]}
     client = mlflow.MlflowClient(store)
     assert "multirun.yaml" in {a.path for a in client.list_artifacts(parent.info.run_id)}
@@ -132,6 +133,9 @@ def test_bad_inputs_get_one_clear_message(sweep, tmp_path: Path) -> None:
     assert failing.returncode == 2
     done = module("compare", cwd=folder, store=store)
     assert done.returncode == 1 and "has no finished runs (2 failed)" in done.stderr
+    broken = next(r for r in all_runs(store) if r.data.tags.get("fvexp.role") == "parent"
+                  and r.data.tags.get("fvexp.jobs.failed") == "2")
+    assert broken.info.status == "FAILED"
 
 
 def test_failed_jobs_are_shown_not_dropped(tmp_path: Path) -> None:
@@ -139,6 +143,8 @@ def test_failed_jobs_are_shown_not_dropped(tmp_path: Path) -> None:
     done = fvexp("-m", "objective.channel=5,999", "render.steps=4", "render.size=64", "progress=false", cwd=tmp_path,
                  env={"MLFLOW_TRACKING_URI": store})
     assert done.returncode == 2  # the sweep went on past the failed job, and says one failed
+    parent = next(r for r in all_runs(store) if r.data.tags.get("fvexp.role") == "parent")
+    assert parent.info.status == "FINISHED" and parent.data.tags["fvexp.jobs.failed"] == "1"
     done = module("compare", "--out", str(tmp_path / "compare"), cwd=tmp_path, store=store)
     assert done.returncode == 0, done.stderr
     rows = list(csv.DictReader((tmp_path / "compare" / "runs.csv").open()))
