@@ -36,6 +36,31 @@ class EfficientNetLiteConfig:
 
 
 @dataclass
+class TorchvisionConfig:
+    _target_: str = "fvexp.models.torchvision_model"
+    name: str = "googlenet"
+    weights: str | None = "DEFAULT"  # a torchvision weights entry from the hub cache; null: random weights
+    weights_path: str | None = None  # a state dict file; wins over `weights`
+    mean: list[float] = field(default_factory=lambda: [0.485, 0.456, 0.406])
+    std: list[float] = field(default_factory=lambda: [0.229, 0.224, 0.225])
+    classes: str = "imagenet"
+    logits_layer: str = "fc"
+    min_size: int = 32
+
+
+@dataclass
+class CustomModelConfig:
+    _target_: str = "fvexp.models.custom"
+    net: Any = None  # {_target_: your.module.make_net, ...}: any callable returning an nn.Module
+    weights_path: str | None = None
+    mean: list[float] = field(default_factory=lambda: [0.485, 0.456, 0.406])  # one value each: grayscale
+    std: list[float] = field(default_factory=lambda: [0.229, 0.224, 0.225])
+    classes: str = ""  # "imagenet", a text file with one class name per line, or "" for none
+    logits_layer: str = ""
+    min_size: int = 8
+
+
+@dataclass
 class ChannelConfig:
     _target_: str = "fvexp.objectives.channel"
     layer: str = "_blocks.8"
@@ -308,7 +333,8 @@ class Config:
 
 
 SCHEMAS: dict[str, dict[str, type]] = {
-    "model": {"efficientnet_lite": EfficientNetLiteConfig},
+    "model": {"efficientnet_lite": EfficientNetLiteConfig, "torchvision": TorchvisionConfig,
+              "custom": CustomModelConfig},
     "objective": {
         "neuron": NeuronConfig,
         "channel": ChannelConfig,

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Callable, Iterator, Sequence
 from functools import cache
+from pathlib import Path
 
 import torch
 from torch import Tensor, nn
@@ -17,6 +18,7 @@ from torch import Tensor, nn
 from fvexp.errors import FvexpError, unknown
 
 Activations = dict[str, Tensor]
+LUMA = torch.tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)
 
 
 class FeatureModel(nn.Module):
@@ -39,6 +41,9 @@ class FeatureModel(nn.Module):
         weights_path: str | None = None,
     ) -> None:
         super().__init__()
+        if len(mean) not in (1, 3) or len(std) != len(mean):
+            raise FvexpError(f"model.mean and model.std need 3 values (RGB) or 1 (grayscale), got {len(mean)} and "
+                             f"{len(std)}")
         self.net = net.requires_grad_(False)
         self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1))
         self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1))
@@ -47,6 +52,8 @@ class FeatureModel(nn.Module):
         self.eval()
 
     def forward(self, image: Tensor) -> Tensor:
+        if self.mean.shape[1] == 1:  # a grayscale network sees the luminance of the RGB image
+            image = (image * LUMA.to(image.device)).sum(1, keepdim=True)
         return self.net((image - self.mean) / self.std)
 
     def train(self, mode: bool = True) -> FeatureModel:
@@ -117,7 +124,7 @@ class FeatureModel(nn.Module):
 
         handles = [self.layer(name).register_forward_hook(hook(name)) for name in layers]
         try:
-            self(torch.zeros(1, self.mean.shape[1], size, size, device=self.device))
+            self(torch.zeros(1, 3, size, size, device=self.device))
         finally:
             for handle in handles:
                 handle.remove()
@@ -184,3 +191,96 @@ def weights_file(variant: str) -> str:
         ) from None
     holder = getattr(module, f"Efficientnet{variant.capitalize()}ModelFile")
     return holder.get_model_file_path()
+
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def torchvision_model(
+    name: str,
+    weights: str | None = "DEFAULT",
+    weights_path: str | None = None,
+    mean: Sequence[float] = IMAGENET_MEAN,
+    std: Sequence[float] = IMAGENET_STD,
+    classes: str = "imagenet",
+    logits_layer: str = "",
+    min_size: int = 32,
+) -> FeatureModel:
+    """Any torchvision classification model by name, e.g. `googlenet` (the article's InceptionV1).
+
+    Weights come from `weights_path` (a state dict), else from torch's hub cache by the name of a
+    torchvision weights entry (`DEFAULT`, `IMAGENET1K_V1`, ...), downloaded only where the network
+    allows. `weights=null` asks for random weights explicitly; they are never used silently.
+    """
+    from torchvision import models
+
+    names = models.list_models(module=models)
+    if name not in names:
+        raise unknown("torchvision model", name, names, hint="model.name takes a torchvision classification model")
+    inception = {"aux_logits": False, "init_weights": False, "transform_input": True}
+    net = models.get_model(name, weights=None, **(inception if name in ("googlenet", "inception_v3") else {}))
+    path = weights_path or (hub_weights(name, weights) if weights else None)
+    if path:
+        load_weights(net, path, name)
+    linears = [n for n, m in net.named_modules() if isinstance(m, nn.Linear)]
+    return FeatureModel(net, mean, std, class_names(classes), logits_layer or (linears[-1] if linears else ""),
+                        min_size, path)
+
+
+def hub_weights(name: str, tag: str) -> str:
+    """The file of a torchvision weights entry in torch's hub cache, downloading it if it is missing."""
+    from urllib.error import URLError
+
+    from torchvision.models import get_model_weights
+
+    entries = get_model_weights(name)
+    if tag not in {*entries.__members__, "DEFAULT"}:
+        raise unknown(f"weights for {name}", tag, ["DEFAULT", *entries.__members__])
+    entry = entries[tag]
+    cached = Path(torch.hub.get_dir()) / "checkpoints" / Path(entry.url).name
+    if not cached.exists():
+        try:
+            torch.hub.load_state_dict_from_url(entry.url, progress=False)
+        except (URLError, OSError) as error:
+            raise FvexpError(
+                f"the {name} weights {tag} are not in the torch hub cache ({cached}) and could not be downloaded "
+                f"({error}); download {entry.url} to that path, or pass model.weights_path=FILE (a state dict)"
+            ) from None
+    return str(cached)
+
+
+def load_weights(net: nn.Module, path: str, name: str) -> None:
+    """Load a state dict into `net`, naming the keys that do not match the architecture."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except (OSError, RuntimeError) as error:
+        raise FvexpError(f"cannot read model.weights_path={path!r} as a state dict ({error})") from None
+    state = state.get("state_dict", state) if isinstance(state, dict) else state
+    own = net.state_dict()
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own and not k.startswith("aux")]  # inception's training heads
+    mismatched = [f"{k} {tuple(state[k].shape)} vs {tuple(own[k].shape)}" for k in own
+                  if k in state and state[k].shape != own[k].shape]
+    if missing or unexpected or mismatched:
+        parts = [f"{label}: {', '.join(keys[:5])}{' ...' if len(keys) > 5 else ''}"
+                 for label, keys in (("missing keys", missing), ("unexpected keys", unexpected),
+                                     ("shape mismatches", mismatched)) if keys]
+        raise FvexpError(f"the weights in {path} do not match the {name} architecture; " + "; ".join(parts))
+    net.load_state_dict({k: v for k, v in state.items() if k in own})
+
+
+def custom(net: nn.Module, weights_path: str | None = None, mean: Sequence[float] = IMAGENET_MEAN,
+           std: Sequence[float] = IMAGENET_STD, classes: str = "", logits_layer: str = "",
+           min_size: int = 32) -> FeatureModel:
+    """Your own network: `net` is built by its `_target_` (any callable returning an nn.Module).
+
+    `mean`/`std` give the input normalization and, by their length, the channel count: one value
+    each makes a grayscale model, which sees the luminance of fvexp's RGB images.
+    """
+    if not isinstance(net, nn.Module):
+        raise FvexpError(f"model.net built a {type(net).__name__}, not a torch.nn.Module; its _target_ must "
+                         "return the network")
+    if weights_path:
+        load_weights(net, weights_path, type(net).__name__)
+    return FeatureModel(net, mean, std, class_names(classes) if classes else (), logits_layer, min_size, weights_path)

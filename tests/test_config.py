@@ -36,7 +36,7 @@ def test_every_group_has_the_options_the_issue_names() -> None:
     assert {"enemy", "regularization", "preconditioning", "diversity", "interaction", "logits",
             "distill"} == set(GROUPS["experiment"])
     assert GROUPS["tracking"] == ["mlflow", "none"]
-    assert GROUPS["model"] == ["efficientnet_lite0"]
+    assert GROUPS["model"] == ["custom", "efficientnet_lite0", "torchvision"]
 
 
 @pytest.fixture(scope="session")

@@ -1,0 +1,103 @@
+"""Bring your own model: torchvision by name, any network by `_target_`, grayscale, layer listing."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+from urllib.error import URLError
+
+import pytest
+import torch
+from torch import nn
+
+from fvexp.errors import FvexpError
+from fvexp.models import custom, torchvision_model
+from tests.conftest import ROOT, fvexp
+
+
+def tiny_net(channels: int = 3) -> nn.Module:
+    """A small CNN, built by `_target_` in the tests: conv1 (8 ch) -> conv2 (16 ch) -> pool -> fc (5 classes)."""
+    torch.manual_seed(0)
+    return nn.Sequential(
+        nn.Conv2d(channels, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 16, 3, stride=2, padding=1), nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(16, 5))
+
+
+@pytest.fixture(scope="module")
+def resnet18_weights(tmp_path_factory) -> Path:
+    from torchvision.models import resnet18
+
+    path = tmp_path_factory.mktemp("weights") / "resnet18.pt"
+    torch.manual_seed(1)
+    torch.save(resnet18().state_dict(), path)
+    return path
+
+
+def test_torchvision_model_loads_a_state_dict_file(resnet18_weights: Path) -> None:
+    model = torchvision_model("resnet18", weights_path=str(resnet18_weights))
+    assert type(model.net).__name__ == "ResNet" and model.logits_layer == "fc" and model.classes[1] == "goldfish"
+    assert torch.equal(model.net.conv1.weight, torch.load(resnet18_weights)["conv1.weight"])
+    assert model(torch.rand(1, 3, 64, 64)).shape == (1, 1000)
+
+
+def test_weights_that_do_not_match_name_the_keys(tmp_path: Path) -> None:
+    from torchvision.models import resnet34
+
+    path = tmp_path / "resnet34.pt"
+    torch.save(resnet34().state_dict(), path)
+    with pytest.raises(FvexpError, match=r"do not match the resnet18 architecture; unexpected keys: layer1\.2\."):
+        torchvision_model("resnet18", weights_path=str(path))
+
+
+def test_offline_without_cached_weights_says_how_to_provide_them(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+
+    def offline(*args, **kwargs):
+        raise URLError("no network")
+
+    monkeypatch.setattr(torch.hub, "load_state_dict_from_url", offline)
+    with pytest.raises(FvexpError, match=r"the googlenet weights DEFAULT are not in the torch hub cache .* "
+                                         r"pass model\.weights_path=FILE"):
+        torchvision_model("googlenet")
+    with pytest.raises(FvexpError, match=r"unknown weights for resnet18 'IMAGENET9'; closest valid: IMAGENET1K_V1"):
+        torchvision_model("resnet18", weights="IMAGENET9")
+
+
+def test_custom_models_and_grayscale() -> None:
+    gray = custom(tiny_net(1), mean=[0.5], std=[0.5])
+    image = torch.rand(2, 3, 16, 16)
+    luminance = (image * torch.tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)).sum(1, keepdim=True)
+    assert torch.allclose(gray(image), gray.net((luminance - 0.5) / 0.5))
+    with pytest.raises(FvexpError, match=r"model\.net built a int, not a torch\.nn\.Module"):
+        custom(3)
+    with pytest.raises(FvexpError, match="3 values \\(RGB\\) or 1 \\(grayscale\\), got 2"):
+        custom(tiny_net(), mean=[0.5, 0.5], std=[0.5, 0.5])
+
+
+@pytest.mark.slow
+def test_runs_with_a_torchvision_model_and_a_target_model(tmp_path: Path, resnet18_weights: Path) -> None:
+    done = fvexp("model=torchvision", "model.name=resnet18", f"model.weights_path={resnet18_weights}",
+                 "objective.layer=layer3", "render.steps=4", "render.size=64", "tracking=none",
+                 f"hydra.run.dir={tmp_path / 'resnet'}", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert (tmp_path / "resnet" / "image.png").exists()
+    done = fvexp("model=custom", "model.net._target_=tests.test_models.tiny_net", "+model.net.channels=1",
+                 "model.mean=[0.5]", "model.std=[0.5]", "objective.layer=2", "objective.channel=7",
+                 "render.steps=4", "render.size=32", "tracking=none", f"hydra.run.dir={tmp_path / 'tiny'}",
+                 cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    done = fvexp("model=custom", "model.net._target_=tests.nowhere.make", "tracking=none",
+                 f"hydra.run.dir={tmp_path / 'bad'}", cwd=tmp_path)
+    assert done.returncode == 2 and "Error locating target 'tests.nowhere.make'" in done.stderr
+    assert "Traceback" not in done.stderr
+
+
+@pytest.mark.slow
+def test_layers_lists_shapes_and_channels(tmp_path: Path) -> None:
+    done = subprocess.run([sys.executable, "-m", "fvexp.layers", "render.size=224"], cwd=tmp_path, text=True,
+                          capture_output=True, env={**__import__("os").environ, "PYTHONPATH": str(ROOT)})
+    assert done.returncode == 0, done.stderr
+    lines = {line.split()[0]: line.split() for line in done.stdout.splitlines()[2:]}
+    assert lines["_blocks.8"][2:] == ["112×14×14", "112", "yes"]
+    assert lines["_fc"][2:] == ["1000", "1000", "yes"] and lines["_swish"][-1] == "no"
