@@ -45,6 +45,34 @@ class NullTracker:
         """End the run as FINISHED, FAILED or KILLED, keeping everything logged so far."""
 
 
+class Retrying:
+    """A client whose calls are retried while a SQLite store says "database is locked".
+
+    Parallel jobs (joblib, 8 at once) write to one SQLite file; SQLite serializes writers, and a
+    writer that waits too long gets that error. Retrying with a growing pause loses nothing.
+    """
+
+    def __init__(self, client: Any, attempts: int = 8, pause: float = 0.25) -> None:
+        self.wrapped, self.attempts, self.pause = client, attempts, pause
+
+    def __getattr__(self, name: str) -> Any:
+        method = getattr(self.wrapped, name)
+        if not callable(method):
+            return method
+
+        def call(*args: Any, **kwargs: Any) -> Any:
+            for attempt in range(self.attempts - 1):
+                try:
+                    return method(*args, **kwargs)
+                except Exception as error:
+                    if "database is locked" not in str(error):
+                        raise
+                    time.sleep(self.pause * 2**attempt)
+            return method(*args, **kwargs)  # the last attempt's error reaches the caller
+
+        return call
+
+
 def launch_dir() -> Path:
     """The folder the command was started from, also when a job runs in its own folder."""
     from hydra.core.hydra_config import HydraConfig
@@ -79,7 +107,7 @@ class MlflowTracker(NullTracker):
 
             if self.default:
                 (launch_dir() / "outputs").mkdir(parents=True, exist_ok=True)
-            self._client = mlflow.MlflowClient(self.uri)
+            self._client = Retrying(mlflow.MlflowClient(self.uri))
         return self._client
 
     def experiment_id(self) -> str:

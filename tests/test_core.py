@@ -79,3 +79,24 @@ def test_forward_stops_after_the_last_needed_layer(model) -> None:
     finally:
         handle.remove()
     assert list(acts) == ["_blocks.8"] and ran == []
+
+
+def test_tracking_retries_a_locked_sqlite_store() -> None:
+    from fvexp.tracking import Retrying
+
+    calls = []
+
+    class Flaky:
+        def log(self, value: int) -> int:
+            calls.append(value)
+            if len(calls) < 3:
+                raise RuntimeError("(sqlite3.OperationalError) database is locked")
+            return value
+
+        def broken(self) -> None:
+            raise RuntimeError("no such table")
+
+    client = Retrying(Flaky(), pause=0.001)
+    assert client.log(7) == 7 and len(calls) == 3
+    with pytest.raises(RuntimeError, match="no such table"):
+        client.broken()

@@ -214,3 +214,15 @@ def test_the_mlflow_ui_shows_the_sweep_nesting_and_images(sweep, tmp_path: Path)
     finally:
         os.killpg(server.pid, signal.SIGTERM)  # the server by its own process id (and its workers)
         server.wait(timeout=30)
+
+
+def test_eight_parallel_jobs_on_one_sqlite_store_lose_nothing(tmp_path: Path) -> None:
+    store = f"sqlite:///{tmp_path / 'store.db'}"
+    done = fvexp("-m", "seed=0,1,2,3,4,5,6,7", "render.steps=2", "render.size=32", "objective.layer=_blocks.4",
+                 "hydra/launcher=joblib", "hydra.launcher.n_jobs=8", "threads=1", "progress=false", cwd=tmp_path,
+                 env={"MLFLOW_TRACKING_URI": store})
+    assert done.returncode == 0, done.stderr[-2000:]
+    jobs = [r for r in all_runs(store) if r.data.tags.get("fvexp.role") == "job"]
+    assert sorted(int(r.data.params["seed"]) for r in jobs) == list(range(8))
+    assert all(r.info.status == "FINISHED" for r in jobs)
+    assert all(len(mlflow.MlflowClient(store).get_metric_history(r.info.run_id, "objective")) == 2 for r in jobs)
