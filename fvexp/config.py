@@ -319,6 +319,8 @@ class Config:
     seed: int = 0
     device: str = "auto"  # auto: the GPU when there is one, else the CPU
     threads: int | None = None  # torch CPU threads; None: torch's default (set 1 for parallel joblib jobs)
+    precision: str = "fp32"  # fp32 | bf16 | fp16: mixed precision (autocast) for the network's forward pass
+    channels_last: bool = False  # NHWC memory layout, often faster for convolutions on GPUs
     progress: bool = True
     render: RenderConfig = field(default_factory=RenderConfig)
     regularizers: RegularizersConfig = field(default_factory=RegularizersConfig)
@@ -376,6 +378,7 @@ def validate(cfg: DictConfig) -> None:
     if missing:
         raise FvexpError(f"{', '.join(missing)} must be set, e.g. fvexp ... {missing[0]}=VALUE")
     render = cfg.render
+    _require(cfg.precision in ("fp32", "bf16", "fp16"), "precision", cfg.precision, "one of fp32, bf16, fp16")
     _require(render.steps >= 1, "render.steps", render.steps, "a positive number of optimization steps")
     _require(render.size >= 1, "render.size", render.size, "the image side in pixels, at least 1")
     _require(render.batch >= 1, "render.batch", render.batch, "the number of images, at least 1")

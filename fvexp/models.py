@@ -49,12 +49,14 @@ class FeatureModel(nn.Module):
         self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1))
         self.classes = list(classes)
         self.logits_layer, self.min_size, self.weights_path = logits_layer, min_size, weights_path
+        self.autocast: torch.dtype | None = None  # bf16/fp16 mixed precision for the network; None: fp32
         self.eval()
 
     def forward(self, image: Tensor) -> Tensor:
         if self.mean.shape[1] == 1:  # a grayscale network sees the luminance of the RGB image
             image = (image * LUMA.to(image.device)).sum(1, keepdim=True)
-        return self.net((image - self.mean) / self.std)
+        with torch.autocast(self.device.type, dtype=self.autocast or torch.float32, enabled=bool(self.autocast)):
+            return self.net((image - self.mean) / self.std)
 
     def train(self, mode: bool = True) -> FeatureModel:
         """Stay in eval mode: batch-norm statistics and dropout must not change while we optimize."""
@@ -83,7 +85,7 @@ class FeatureModel(nn.Module):
 
         def hook(name: str) -> Callable[..., None]:
             def store(module: nn.Module, inputs: object, output: Tensor) -> None:
-                seen[name] = output
+                seen[name] = output.float()  # objectives compute in fp32, also under mixed precision
                 if wanted and seen.keys() >= wanted:
                     raise _AllSeen
 

@@ -33,6 +33,7 @@ from fvexp.sweeps import sweep_key
 from fvexp.tracking import NullTracker
 from fvexp.transforms import Compose
 
+PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 PROBE_SIZE = 256  # a multiple of every stride, to read each layer's stride from its map size
 
 
@@ -92,6 +93,9 @@ def run(cfg: DictConfig, out_dir: Path, overrides: list[str], name: str | None =
 def _render(cfg: DictConfig, out_dir: Path, device: torch.device, tracker: NullTracker) -> tuple[Path, bool]:
     torch.manual_seed(cfg.seed)
     model: FeatureModel = build(cfg.model).to(device)
+    model.autocast = PRECISIONS[cfg.precision]
+    if cfg.channels_last:
+        model = model.to(memory_format=torch.channels_last)
     if model.weights_path:
         tracker.set_tags({"weights.sha256": sha256(model.weights_path)})
     main: Objective = build(cfg.objective)

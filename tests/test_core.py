@@ -100,3 +100,13 @@ def test_tracking_retries_a_locked_sqlite_store() -> None:
     assert client.log(7) == 7 and len(calls) == 3
     with pytest.raises(RuntimeError, match="no such table"):
         client.broken()
+
+
+def test_mixed_precision_and_channels_last_still_raise_the_objective(model) -> None:
+    model.autocast = torch.bfloat16
+    try:
+        result = short_run(model.to(memory_format=torch.channels_last), objectives.channel("_blocks.4", 3), steps=12)
+    finally:
+        model.autocast = None
+        model.to(memory_format=torch.contiguous_format)
+    assert result.values[-1] > result.values[0] + 1 and torch.isfinite(result.image).all()
