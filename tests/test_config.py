@@ -154,3 +154,12 @@ def test_tab_completion_works_through_the_console_script(tmp_path: Path) -> None
                           env={**os.environ, "COMP_LINE": "fvexp objective=cha", "COMP_POINT": "19"})
     assert done.returncode == 0, done.stderr
     assert done.stdout.split() == ["objective=channel"]
+
+
+@pytest.mark.parametrize("launcher,target", [("basic", "BasicLauncher"), ("joblib", "JoblibLauncher"),
+                                             ("submitit_slurm", "SlurmLauncher")])
+def test_launchers_are_config_options(tmp_path: Path, launcher: str, target: str) -> None:
+    done = fvexp(f"hydra/launcher={launcher}", "hydra.launcher.partition=gpu" if "slurm" in launcher else "seed=0",
+                 "--cfg", "hydra", "--package", "hydra.launcher", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert target in done.stdout
