@@ -29,7 +29,7 @@ from PIL import Image, ImageDraw
 from fvexp.errors import FvexpError
 from fvexp.images import contact_sheet
 from fvexp.sweeps import PARENT
-from fvexp.tracking import default_store
+from fvexp.tracking import default_store, get_run, reader
 
 SIDE = 192
 WRAP = 8  # cells across, at most, when only the columns vary
@@ -62,10 +62,7 @@ def main(argv: list[str] | None = None) -> None:
 
 
 def compare(args: argparse.Namespace) -> list[Path]:
-    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
-    import mlflow
-
-    client = mlflow.MlflowClient(args.store)
+    client = reader(args.store)
     parent, runs = select(client, args)
     if not any(r.info.status == "FINISHED" for r in runs):
         counts = ", ".join(f"{n} {s.lower()}" for s, n in sorted(count(r.info.status for r in runs).items()))
@@ -107,11 +104,7 @@ def select(client: Any, args: argparse.Namespace) -> tuple[Any | None, list]:
         except MlflowException as error:
             raise FvexpError(f"bad --filter {args.filter!r}: {error.message}") from None
     if args.run_id:
-        try:
-            parent = client.get_run(args.run_id)
-        except MlflowException:
-            raise FvexpError(f"no run {args.run_id!r} in the store {args.store}; if it was logged elsewhere, "
-                             "pass that store with --store or MLFLOW_TRACKING_URI") from None
+        parent = get_run(client, args.run_id, args.store)
         if parent.data.tags.get("fvexp.role") != PARENT:
             raise FvexpError(f"run {args.run_id} is not a sweep's parent run; its parent is "
                              f"{parent.data.tags.get('mlflow.parentRunId', 'none (a single run)')}")

@@ -25,7 +25,7 @@ import yaml
 from PIL import Image
 
 from fvexp.errors import FvexpError
-from fvexp.tracking import default_store
+from fvexp.tracking import default_store, get_run, reader
 
 NEEDED_TAGS = ("git.commit", "python.version", "torch.version", "torchvision.version", "numpy.version",
                "mlflow.version", "device", "torch.threads", "weights.sha256")
@@ -48,19 +48,12 @@ def main(argv: list[str] | None = None) -> None:
 
 
 def reproduce(run_id: str, store: str, threads: int | None, out: Path) -> tuple[bool, str]:
-    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
-    import mlflow
-    from mlflow.exceptions import MlflowException
     from omegaconf import OmegaConf
 
     from fvexp.run import run
 
-    client = mlflow.MlflowClient(store)
-    try:
-        source = client.get_run(run_id)
-    except MlflowException:
-        raise FvexpError(f"no run {run_id!r} in the store {store}; if it was logged elsewhere, pass that store "
-                         "with --store or MLFLOW_TRACKING_URI") from None
+    client = reader(store)
+    source = get_run(client, run_id, store)
     with tempfile.TemporaryDirectory() as tmp:
         files = record_files(client, source, tmp)
         recorded = np.asarray(Image.open(files["image.png"]).convert("RGB"), dtype=np.int16)

@@ -14,6 +14,8 @@ from typing import Any
 
 from PIL import Image
 
+from fvexp.errors import FvexpError
+
 METRIC_BATCH = 100  # per-step metrics are sent in batches, not one database write per step
 
 
@@ -71,6 +73,25 @@ class Retrying:
             return method(*args, **kwargs)  # the last attempt's error reaches the caller
 
         return call
+
+
+def reader(store: str) -> Any:
+    """An MLflow client for reading a store (compare, reproduce, claims), without download progress bars."""
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    import mlflow
+
+    return mlflow.MlflowClient(store)
+
+
+def get_run(client: Any, run_id: str, store: str) -> Any:
+    """The run `run_id`, or an error that says it is not in this store and how to name another."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return client.get_run(run_id)
+    except MlflowException:
+        raise FvexpError(f"no run {run_id!r} in the store {store}; if it was logged elsewhere, pass that store "
+                         "with --store or MLFLOW_TRACKING_URI") from None
 
 
 def launch_dir() -> Path:
