@@ -147,15 +147,29 @@ class _AllSeen(Exception):
 def class_names(source: str) -> tuple[str, ...]:
     """Class names by source: `imagenet` (the list torchvision ships) or a text file, one per line."""
     if source == "imagenet":
-        from torchvision.models import ResNet18_Weights
-
-        return tuple(ResNet18_Weights.IMAGENET1K_V1.meta["categories"])
+        return imagenet_classes()
     try:
         with open(source, encoding="utf-8") as lines:
             return tuple(line.strip() for line in lines if line.strip())
     except OSError as error:
         raise FvexpError(f"cannot read class names from {source!r} ({error.strerror}); "
                          "use 'imagenet' or a text file with one class name per line") from None
+
+
+def imagenet_classes() -> tuple[str, ...]:
+    """The 1000 ImageNet class names torchvision ships, read from its source without importing it.
+
+    Importing torchvision.models costs over a second (it pulls in torch._dynamo); start-up matters.
+    """
+    import ast
+    import importlib.util
+
+    spec = importlib.util.find_spec("torchvision")
+    source = Path(next(iter(spec.submodule_search_locations))) / "models" / "_meta.py"
+    for node in ast.parse(source.read_text()).body:
+        if isinstance(node, ast.Assign) and getattr(node.targets[0], "id", "") == "_IMAGENET_CATEGORIES":
+            return tuple(ast.literal_eval(node.value))
+    raise FvexpError(f"no ImageNet class list in {source}; pass model.classes=FILE (one class name per line)")
 
 
 def efficientnet_lite(
