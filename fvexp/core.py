@@ -68,7 +68,7 @@ def render(
     values: list[float] = []
     image = last_finite = param()
     bar = tqdm(total=steps, desc="fvexp", unit="step", disable=not progress, dynamic_ncols=True)
-    with model.reading(sorted(objective.layers - {INPUT})) as read:
+    with model.reading(objective.network_layers) as read:
         try:
             for step in range(1, steps + 1):
                 value = objective({**read(transforms(image, generator)), INPUT: image}).mean()

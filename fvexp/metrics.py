@@ -27,7 +27,7 @@ def quality(model: FeatureModel, objective: Objective, images: Tensor, values: l
     the run itself used, so that every arm of an ablation is measured with the same yardstick.
     """
     transforms = standard()
-    layers = sorted(objective.layers - {INPUT} | ({gram_layer} if gram_layer else set()))
+    layers = sorted({*objective.network_layers, *([gram_layer] if gram_layer else [])})
     generator = torch.Generator().manual_seed(seed + 1)  # other draws than the optimization saw
     with model.reading(layers) as read:
         plain = read(images)

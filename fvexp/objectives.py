@@ -41,6 +41,11 @@ class Objective:
     def __call__(self, activations: Mapping[str, Tensor]) -> Tensor:
         return self.fn(activations)
 
+    @property
+    def network_layers(self) -> list[str]:
+        """The layers of the network to hook, sorted: `layers` without the input images."""
+        return sorted(self.layers - {INPUT})
+
     def prepare(self, model: FeatureModel, shapes: Shapes) -> None:
         """Validate against the model's layer `shapes` (at the smallest image it will see) and precompute."""
         for prepare in self.preparations:

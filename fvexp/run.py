@@ -28,7 +28,7 @@ from fvexp.errors import FvexpError
 from fvexp.images import picture, save
 from fvexp.metrics import quality
 from fvexp.models import FeatureModel
-from fvexp.objectives import INPUT, Objective
+from fvexp.objectives import Objective
 from fvexp.sweeps import sweep_key
 from fvexp.tracking import NullTracker
 from fvexp.transforms import Compose
@@ -140,7 +140,7 @@ def extra_terms(cfg: DictConfig, main: Objective) -> Iterator[tuple[float, DictC
 
 
 def sole_layer(objective: Objective, key: str) -> str:
-    layers = sorted(objective.layers - {INPUT})
+    layers = objective.network_layers
     if len(layers) != 1:
         raise FvexpError(f"{key} is needed: the objective reads {len(layers)} layers ({', '.join(layers)}), "
                          "so there is no single layer to default to")
@@ -149,7 +149,7 @@ def sole_layer(objective: Objective, key: str) -> str:
 
 def gram_layer(cfg: DictConfig, main: Objective) -> str | None:
     """The layer whose Gram matrices measure a batch's diversity: the diversity term's, or the objective's."""
-    layers = sorted(main.layers - {INPUT})
+    layers = main.network_layers
     return cfg.diversity.layer or (layers[0] if len(layers) == 1 else None)
 
 
@@ -159,7 +159,7 @@ def check_fits(model: FeatureModel, objective: Objective, transforms: Compose, s
     A layer of stride s needs at least s pixels of image for one full position, both in the image
     itself and in what the model sees after the transforms (which may crop it).
     """
-    layers = sorted(objective.layers - {INPUT})
+    layers = objective.network_layers
     at_probe = model.probe(layers, PROBE_SIZE)
     needs = {layer: PROBE_SIZE // shape[-1] if len(shape) == 4 else model.min_size
              for layer, shape in at_probe.items()}
