@@ -145,62 +145,61 @@ class InversionConfig:
 
 
 @dataclass
-class PixelConfig:
-    _target_: str = "fvexp.params.Pixel"
+class ParamConfig:
     _partial_: bool = True  # batch and size come from `render`
+    init: str = "noise"  # noise | dataset_examples: start the batch from the top examples of data.dir
+
+
+@dataclass
+class PixelConfig(ParamConfig):
+    _target_: str = "fvexp.params.Pixel"
     sd: float = 0.01
     decorrelate: bool = False
     grad_blur: float = 0.0  # sigma in pixels of the gradient blur; 0: off
 
 
 @dataclass
-class LowResConfig:
+class LowResConfig(ParamConfig):
     _target_: str = "fvexp.params.LowRes"
-    _partial_: bool = True
     factor: int = 4
     sd: float = 0.01
     decorrelate: bool = True
 
 
 @dataclass
-class LaplacianConfig:
+class LaplacianConfig(ParamConfig):
     _target_: str = "fvexp.params.LaplacianPyramid"
-    _partial_: bool = True
     levels: int = 4
     sd: float = 0.01
     decorrelate: bool = True
 
 
 @dataclass
-class SharedConfig:
+class SharedConfig(ParamConfig):
     _target_: str = "fvexp.params.Shared"
-    _partial_: bool = True
     base: Any = None  # a parameterization node with _partial_: true
     shared: list[list[int]] = field(default_factory=lambda: [[1, 2], [1, 4], [1, 8], [2, 8], [1, 16], [2, 16]])
 
 
 @dataclass
-class CPPNConfig:
+class CPPNConfig(ParamConfig):
     _target_: str = "fvexp.params.CPPN"
-    _partial_: bool = True
     hidden: int = 24
     layers: int = 8
     decorrelate: bool = False
 
 
 @dataclass
-class MacoConfig:
+class MacoConfig(ParamConfig):
     _target_: str = "fvexp.params.Maco"
-    _partial_: bool = True
     spectrum_from: Any = None  # None: a 1/f model; else an image folder or a list of image files
     decay_power: float = 1.0
     decorrelate: bool = True
 
 
 @dataclass
-class FourierConfig:
+class FourierConfig(ParamConfig):
     _target_: str = "fvexp.params.Fourier"
-    _partial_: bool = True
     sd: float = 0.01
     decay_power: float = 1.0
     decorrelate: bool = True
@@ -302,6 +301,32 @@ class AlignmentTerm:
 
 
 @dataclass
+class DataConfig:
+    """An image folder whose natural images are ranked by the objective's unit (dataset examples)."""
+
+    dir: str | None = None  # any depth; .jpg .jpeg .png .webp; None: no dataset examples
+    k: int = 8  # top-k and bottom-k examples
+    spectrum: int = 9  # examples at evenly spaced quantiles of the activations, highest first
+    size: int = 224  # shorter side resized to size, then centre-cropped to size×size
+    batch_size: int = 32
+    workers: int = 2  # processes decoding images; 0: decode in the main process
+    cache_dir: str | None = None  # activation cache; None: outputs/cache where fvexp was started
+
+
+@dataclass
+class TaskConfig:
+    name: str = "render"  # render | dataset_examples | gallery
+
+
+@dataclass
+class GalleryConfig(TaskConfig):
+    name: str = "gallery"
+    channels: Any = None  # None: every channel of objective.layer; a list [0, 5, 9] or a range "0-31"
+    per_batch: int = 16  # channels optimized together, one image each, in one optimization
+    dir: str | None = None  # where finished channels are kept to resume; None: outputs/gallery/<layer>-<hash>
+
+
+@dataclass
 class MlflowConfig:
     _target_: str = "fvexp.tracking.MlflowTracker"
     uri: str | None = None  # None: $MLFLOW_TRACKING_URI, else a SQLite store in ./outputs
@@ -323,6 +348,8 @@ class Config:
     channels_last: bool = False  # NHWC memory layout, often faster for convolutions on GPUs
     progress: bool = True
     render: RenderConfig = field(default_factory=RenderConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    task: Any = None
     regularizers: RegularizersConfig = field(default_factory=RegularizersConfig)
     diversity: DiversityTerm = field(default_factory=DiversityTerm)
     alignment: AlignmentTerm = field(default_factory=AlignmentTerm)
@@ -333,6 +360,8 @@ class Config:
     optimizer: Any = None
     tracking: Any = None
 
+
+TASKS = ("render", "dataset_examples", "gallery")
 
 SCHEMAS: dict[str, dict[str, type]] = {
     "model": {"efficientnet_lite": EfficientNetLiteConfig, "torchvision": TorchvisionConfig,
@@ -356,6 +385,7 @@ SCHEMAS: dict[str, dict[str, type]] = {
     "transforms": {"compose": TransformsConfig},
     "optimizer": {"adam": AdamConfig, "sgd": SGDConfig, "steepest": SteepestDescentConfig},
     "tracking": {"mlflow": MlflowConfig, "none": NoTrackingConfig},
+    "task": {"render": TaskConfig, "dataset_examples": TaskConfig, "gallery": GalleryConfig},
 }
 
 
@@ -385,6 +415,19 @@ def validate(cfg: DictConfig) -> None:
     for step in render.thresholds or ():
         _require(1 <= step <= render.steps, "render.thresholds", list(render.thresholds),
                  f"steps between 1 and render.steps={render.steps}")
+    _require(cfg.task.name in TASKS, "task.name", cfg.task.name, f"one of {', '.join(TASKS)}")
+    _require(cfg.param.init in ("noise", "dataset_examples"), "param.init", cfg.param.init,
+             "noise or dataset_examples")
+    if cfg.param.init == "dataset_examples" or cfg.task.name == "dataset_examples":
+        _require(cfg.data.dir is not None, "data.dir", None, "an image folder for dataset examples, e.g. "
+                 "data.dir=/data/imagenet/val (python -m fvexp.demo DIR builds a small one)")
+    _require(cfg.data.k >= 1, "data.k", cfg.data.k, "at least 1 example")
+    _require(cfg.data.spectrum >= 1, "data.spectrum", cfg.data.spectrum, "at least 1 example")
+    _require(cfg.data.size >= 1, "data.size", cfg.data.size, "the image side in pixels, at least 1")
+    _require(cfg.data.batch_size >= 1, "data.batch_size", cfg.data.batch_size, "at least 1")
+    _require(cfg.data.workers >= 0, "data.workers", cfg.data.workers, "0 or more processes")
+    if "per_batch" in cfg.task:
+        _require(cfg.task.per_batch >= 1, "task.per_batch", cfg.task.per_batch, "at least 1 channel per batch")
     if "lr" in cfg.optimizer:
         _require(cfg.optimizer.lr > 0, "optimizer.lr", cfg.optimizer.lr, "a positive learning rate")
     for term in ("diversity", "alignment"):

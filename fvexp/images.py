@@ -83,3 +83,52 @@ def contact_sheet(cells: list[tuple[Image.Image, str]], columns: int, side: int 
         sheet.paste(image, (x + (side - image.width) // 2, y + (side - image.height) // 2))
         draw.multiline_text((x, y + side + 4), label, fill="black", font=font, spacing=3)
     return sheet
+
+
+def stack(rows: list[tuple[str, Image.Image]], title: str = "") -> Image.Image:
+    """Pictures one under the other on white, each under its own caption, with a title on top."""
+    from PIL import ImageDraw, ImageFont
+
+    font, heading = ImageFont.load_default(size=13), ImageFont.load_default(size=16)
+    top = 30 if title else 8
+    width = max(image.width for _, image in rows) + 16
+    sheet = Image.new("RGB", (width, top + sum(image.height + 22 for _, image in rows) + 8), "white")
+    draw = ImageDraw.Draw(sheet)
+    draw.text((8, 8), title, fill="black", font=heading)
+    y = top
+    for caption, image in rows:
+        draw.text((8, y + 4), caption, fill="dimgray", font=font)
+        sheet.paste(image, (8, y + 22))
+        y += image.height + 22
+    return sheet
+
+
+def histogram(values: np.ndarray, marks: dict[str, float], title: str, bins: int = 40) -> Image.Image:
+    """A histogram of `values` with labelled vertical lines at `marks` (e.g. the top-k threshold)."""
+    from PIL import ImageDraw, ImageFont
+
+    font = ImageFont.load_default(size=12)
+    width, height, left, bottom = 640, 320, 50, 40
+    low = min(float(values.min()), *marks.values())
+    high = max(float(values.max()), *marks.values())
+    high = high if high > low else low + 1
+    counts, edges = np.histogram(values, bins=bins, range=(low, high))
+    sheet = Image.new("RGB", (width, height), "white")
+    draw = ImageDraw.Draw(sheet)
+    plot_w, plot_h = width - left - 20, height - bottom - 40
+    x_of = lambda v: left + (v - low) / (high - low) * plot_w  # noqa: E731
+    for count, start, end in zip(counts, edges[:-1], edges[1:], strict=True):
+        bar = count / max(1, counts.max()) * plot_h
+        draw.rectangle((x_of(start), height - bottom - bar, max(x_of(start), x_of(end) - 1), height - bottom),
+                       fill="steelblue")
+    draw.line((left, height - bottom, width - 20, height - bottom), fill="black")
+    draw.text((8, 8), title, fill="black", font=font)
+    draw.text((left, height - bottom + 6), f"{low:.3g}", fill="black", font=font)
+    draw.text((width - 80, height - bottom + 6), f"{high:.3g}", fill="black", font=font)
+    draw.text((8, 40), f"{counts.max()}", fill="black", font=font)
+    for i, (name, value) in enumerate(marks.items()):
+        colour = ("crimson", "darkorange", "seagreen")[i % 3]
+        draw.line((x_of(value), 30, x_of(value), height - bottom), fill=colour, width=2)
+        draw.text((min(x_of(value) + 4, width - 120), 30 + 14 * i), f"{name} {value:.3g}", fill=colour, font=font)
+    draw.text((width // 2 - 40, height - 18), "activation", fill="black", font=font)
+    return sheet

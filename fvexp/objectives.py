@@ -9,6 +9,7 @@ reference image's activations). The key `input` holds the images before the tran
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from numbers import Real
 from pathlib import Path
 from typing import Any
@@ -26,8 +27,27 @@ Prepare = Callable[["FeatureModel", Shapes], None]
 INPUT = "input"  # not a layer: the batch of images itself, before the transforms
 
 
+@dataclass(frozen=True)
+class Unit:
+    """The one unit an objective is about, as dataset examples rank natural images by it.
+
+    A channel ranks an image by its strongest position (`position` None); a neuron by its own
+    position (y, x), None in it meaning the centre of the map. `softmax` ranks by the layer's
+    softmax (a class probability) instead of the raw value.
+    """
+
+    layer: str
+    channel: int
+    position: tuple[int | None, int | None] | None = None
+    softmax: bool = False
+
+
 class Objective:
-    """A per-image score to maximize; `a + b`, `a - b`, `2 * a` build new objectives."""
+    """A per-image score to maximize; `a + b`, `a - b`, `2 * a` build new objectives.
+
+    `unit` is set by the objectives about one unit (neuron, channel, class); sums and products
+    of objectives have none.
+    """
 
     def __init__(
         self,
@@ -35,8 +55,9 @@ class Objective:
         layers: frozenset[str],
         name: str,
         preparations: tuple[Prepare, ...] = (),
+        unit: Unit | None = None,
     ) -> None:
-        self.fn, self.layers, self.name, self.preparations = fn, layers, name, preparations
+        self.fn, self.layers, self.name, self.preparations, self.unit = fn, layers, name, preparations, unit
 
     def __call__(self, activations: Mapping[str, Tensor]) -> Tensor:
         return self.fn(activations)
@@ -116,7 +137,8 @@ def neuron(layer: str, channel: int, x: int | None = None, y: int | None = None)
 
     where = "centre" if x is None and y is None else f"x={x},y={y}"
     name = f"neuron {layer}:{channel}@{where}"
-    return Objective(value, frozenset({layer}), name, (_check_channel(layer, channel), check_position))
+    return Objective(value, frozenset({layer}), name, (_check_channel(layer, channel), check_position),
+                     Unit(layer, channel, (y, x)))
 
 
 def channel(layer: str, channel: int) -> Objective:
@@ -126,6 +148,7 @@ def channel(layer: str, channel: int) -> Objective:
         frozenset({layer}),
         f"channel {layer}:{channel}",
         (_check_channel(layer, channel),),
+        Unit(layer, channel),
     )
 
 
@@ -137,9 +160,8 @@ def layer(layer: str) -> Objective:
 def class_logit(label: int | str, layer: str, classes: str = "imagenet") -> Objective:
     """A class's pre-softmax logit, which the article finds gives better images than probability."""
     index = class_index(label, classes)
-    return Objective(
-        lambda acts: acts[layer][:, index], frozenset({layer}), f"logit {label}", (_check_channel(layer, index),)
-    )
+    return Objective(lambda acts: acts[layer][:, index], frozenset({layer}), f"logit {label}",
+                     (_check_channel(layer, index),), Unit(layer, index))
 
 
 def class_prob(label: int | str, layer: str, classes: str = "imagenet") -> Objective:
@@ -150,6 +172,7 @@ def class_prob(label: int | str, layer: str, classes: str = "imagenet") -> Objec
         frozenset({layer}),
         f"prob {label}",
         (_check_channel(layer, index),),
+        Unit(layer, index, softmax=True),
     )
 
 
@@ -175,6 +198,7 @@ def class_logsumexp(label: int | str, layer: str, classes: str = "imagenet") -> 
         frozenset({layer}),
         f"logsumexp {label}",
         (_check_channel(layer, index),),
+        Unit(layer, index, softmax=True),  # the log of the probability ranks images alike
     )
 
 
@@ -229,6 +253,17 @@ def interpolate(a: Objective, b: Objective) -> Objective:
         return (1 - t) * va + t * vb
 
     return Objective(value, a.layers | b.layers, f"interpolate({a.name} → {b.name})", a.preparations + b.preparations)
+
+
+def per_image(objectives: list[Objective]) -> Objective:
+    """Image i of the batch maximizes `objectives[i]`: one optimization for many units, as a gallery runs."""
+
+    def value(acts: Mapping[str, Tensor]) -> Tensor:
+        return torch.cat([o({k: a[i : i + 1] for k, a in acts.items()}) for i, o in enumerate(objectives)])
+
+    layers = frozenset().union(*(o.layers for o in objectives))
+    preparations = tuple(p for o in objectives for p in o.preparations)
+    return Objective(value, layers, f"per image ({len(objectives)})", preparations)
 
 
 def _grams(acts: Tensor) -> Tensor:

@@ -225,3 +225,22 @@ def gaussian_blur(t: Tensor, sigma: float) -> Tensor:
     row = kernel.view(1, 1, 1, -1).repeat(channels, 1, 1, 1)
     t = F.conv2d(F.pad(t, [radius, radius, 0, 0], mode="reflect"), row, groups=channels)
     return F.conv2d(F.pad(t, [0, 0, radius, radius], mode="reflect"), row.transpose(2, 3), groups=channels)
+
+
+def fit(param: Param, images: Tensor, steps: int = 300, lr: float = 0.05) -> float:
+    """Move `param` until it renders `images` (B, 3, H, W); return the PSNR of the fit in dB.
+
+    One fitting loop inverts every parameterization, Fourier, pixel or CPPN alike, so a batch can
+    start from natural images instead of noise. Targets are kept off 0 and 1, which the sigmoid
+    reaches only at infinity.
+    """
+    target = images.clamp(0.02, 0.98)
+    optimizer = torch.optim.Adam(param.parameters(), lr=lr)
+    for _ in range(steps):
+        loss = (param() - target).pow(2).mean()
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+    with torch.no_grad():
+        error = (param() - images).pow(2).mean().item()
+    return 10 * math.log10(1 / max(error, 1e-12))

@@ -20,8 +20,10 @@ from hydra.types import RunMode
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
+from fvexp import examples, sanity
 from fvexp.config import thresholds, validate
 from fvexp.core import NonFiniteObjective, render
+from fvexp.data import open_image
 from fvexp.environment import describe, sha256
 from fvexp.environment import files as environment_files
 from fvexp.errors import FvexpError
@@ -29,8 +31,9 @@ from fvexp.images import picture, save
 from fvexp.metrics import quality
 from fvexp.models import FeatureModel
 from fvexp.objectives import Objective
+from fvexp.params import fit
 from fvexp.sweeps import sweep_key
-from fvexp.tracking import NullTracker
+from fvexp.tracking import NullTracker, launch_dir
 from fvexp.transforms import Compose
 
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -74,7 +77,7 @@ def run(cfg: DictConfig, out_dir: Path, overrides: list[str], name: str | None =
                   {"config.yaml": OmegaConf.to_yaml(cfg, resolve=True),  # in order: transforms run in it
                    "overrides.yaml": OmegaConf.to_yaml(OmegaConf.create(overrides)), **environment_files()})
     try:
-        image, interrupted = _render(cfg, out_dir, device, tracker)
+        image, interrupted = _job(cfg, out_dir, device, tracker)
     except KeyboardInterrupt:
         tracker.finish("KILLED", "interrupted")
         raise
@@ -90,7 +93,10 @@ def run(cfg: DictConfig, out_dir: Path, overrides: list[str], name: str | None =
     return image, interrupted
 
 
-def _render(cfg: DictConfig, out_dir: Path, device: torch.device, tracker: NullTracker) -> tuple[Path, bool]:
+def _job(cfg: DictConfig, out_dir: Path, device: torch.device, tracker: NullTracker) -> tuple[Path, bool]:
+    """Load the model and run the configured task (`task=render`, `dataset_examples` or `gallery`)."""
+    from fvexp.gallery import gallery
+
     torch.manual_seed(cfg.seed)
     model: FeatureModel = build(cfg.model).to(device)
     model.autocast = PRECISIONS[cfg.precision]
@@ -98,11 +104,18 @@ def _render(cfg: DictConfig, out_dir: Path, device: torch.device, tracker: NullT
         model = model.to(memory_format=torch.channels_last)
     if model.weights_path:
         tracker.set_tags({"weights.sha256": sha256(model.weights_path)})
+    task = {"render": _render, "dataset_examples": _examples, "gallery": gallery}[cfg.task.name]
+    return task(cfg, model, out_dir, tracker)
+
+
+def _render(cfg: DictConfig, model: FeatureModel, out_dir: Path, tracker: NullTracker) -> tuple[Path, bool]:
     main: Objective = build(cfg.objective)
     objective = main + sum(weight * build(term) for weight, term in extra_terms(cfg, main))
     transforms: Compose = build(cfg.transforms)
     check_fits(model, objective, transforms, cfg.render.size)
-    param = build(cfg.param)(batch=cfg.render.batch, size=cfg.render.size).to(device)
+    param = build_param(cfg, cfg.render.batch).to(model.device)
+    if cfg.param.init == "dataset_examples":
+        tracker.log_metrics({"init_psnr": start_from_examples(cfg, model, main, param)})
 
     def keep(step: int, images: torch.Tensor) -> None:
         save(images, out_dir / "steps" / f"step_{step:05d}.png")
@@ -120,7 +133,73 @@ def _render(cfg: DictConfig, out_dir: Path, device: torch.device, tracker: NullT
                **quality(model, main, result.image, result.values, cfg.seed, gram_layer(cfg, main))}
     (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
     tracker.log_metrics(metrics)
+    if cfg.data.dir and main.unit:
+        examples_beside(cfg, model, main, out_dir, tracker, result.image)
     return image, result.interrupted
+
+
+def _examples(cfg: DictConfig, model: FeatureModel, out_dir: Path, tracker: NullTracker) -> tuple[Path, bool]:
+    """`task=dataset_examples`: rank the folder by the objective's unit, no optimization."""
+    main: Objective = build(cfg.objective)
+    examples.unit_of(main, "task=dataset_examples")
+    main.prepare(model, model.probe(main.network_layers, cfg.data.size))
+    return examples_beside(cfg, model, main, out_dir, tracker)["overview"], False
+
+
+def examples_beside(cfg: DictConfig, model: FeatureModel, main: Objective, out_dir: Path, tracker: NullTracker,
+                    optimized: torch.Tensor | None = None) -> dict[str, Path]:
+    """Dataset examples of the objective's unit into `out_dir`, and with an optimized image the sanity check."""
+    unit = examples.unit_of(main, "data.dir")
+    acts = examples.activations(model, unit, cfg.data, model_key(cfg), cache_dir(cfg), cfg.progress)
+    chosen = examples.select(acts, unit, cfg.data.k, cfg.data.spectrum)
+    shown = None
+    if optimized is not None:
+        with torch.no_grad(), model.reading([unit.layer]) as read:
+            value = examples.reduce(read(optimized[:1])[unit.layer], unit)[0][0, unit.channel]
+        shown = (optimized[0], value.item())
+    crop = examples.receptive_field(model, unit.layer, cfg.data.size)
+    paths = examples.write(out_dir, acts, unit, chosen, cfg.data, crop, shown)
+    metrics = {"examples.images": len(acts.files), "examples.unreadable": len(acts.unreadable),
+               "examples.cached": float(acts.cached), "examples.top1": chosen["top"][0].value,
+               "examples.crop_px": crop}
+    if optimized is not None:
+        metrics |= sanity.check(model, unit.layer, optimized, acts, chosen["top"], cfg.data.size, cfg.seed, out_dir)
+    tracker.log_metrics(metrics)
+    tracker.log_file(out_dir / "examples", "examples")
+    tracker.log_file(paths["overview"])
+    if acts.unreadable:
+        print(f"fvexp: {len(acts.unreadable)} of {len(acts.files)} files could not be read as images and were "
+              f"skipped, e.g. {acts.unreadable[0]}", file=sys.stderr)
+    return paths
+
+
+def start_from_examples(cfg: DictConfig, model: FeatureModel, main: Objective, param: torch.nn.Module) -> float:
+    """Fit `param` to the top `render.batch` examples (Nguyen et al.'s diverse starts); return the fit's PSNR."""
+    unit = examples.unit_of(main, "param.init=dataset_examples")
+    acts = examples.activations(model, unit, cfg.data, model_key(cfg), cache_dir(cfg), cfg.progress)
+    top = examples.select(acts, unit, cfg.render.batch, 1)["top"]
+    if len(top) < cfg.render.batch:
+        raise FvexpError(f"param.init=dataset_examples needs render.batch={cfg.render.batch} readable images in "
+                         f"data.dir, and there are {len(top)}")
+    images = torch.stack([open_image(e.file, cfg.render.size) for e in top]).to(model.device)
+    return fit(param, images)
+
+
+def model_key(cfg: DictConfig) -> str:
+    """What identifies the network for the activation cache: its config, weights checksum and precision."""
+    weights = cfg.model.get("weights_path")
+    return json.dumps([OmegaConf.to_container(cfg.model, resolve=True), sha256(weights) if weights else None,
+                       cfg.precision], sort_keys=True, default=str)
+
+
+def cache_dir(cfg: DictConfig) -> Path:
+    return Path(cfg.data.cache_dir).expanduser() if cfg.data.cache_dir else launch_dir() / "outputs" / "cache"
+
+
+def build_param(cfg: DictConfig, batch: int) -> torch.nn.Module:
+    """The parameterization for `batch` images at `render.size` (`param.init` is fvexp's, not the class's)."""
+    node = OmegaConf.masked_copy(cfg.param, [k for k in cfg.param if k != "init"])
+    return build(node)(batch=batch, size=cfg.render.size)
 
 
 def extra_terms(cfg: DictConfig, main: Objective) -> Iterator[tuple[float, DictConfig]]:

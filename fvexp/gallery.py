@@ -1,0 +1,169 @@
+"""`task=gallery`: every channel of a layer, as one contact sheet and one browsable page.
+
+The article ends by inviting readers to browse every channel of a network. One run per channel
+pays the model load, the tracking and the start-up each time and keeps the batch at one image;
+here `task.per_batch` channels are one optimization of a batch whose image i maximizes channel i
+(`objectives.per_image`), through the same `render` loop as every run.
+
+Finished batches are kept in the gallery folder, named by a hash of every setting that changes
+the images (`outputs/gallery/<layer>-<hash>` unless `task.dir` is set). Rerunning a command that
+was interrupted, or that failed, continues with the channels still missing.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import html
+import io
+import json
+import re
+from dataclasses import replace
+from pathlib import Path
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+from PIL import Image
+
+from fvexp import examples
+from fvexp.core import render
+from fvexp.errors import FvexpError
+from fvexp.images import contact_sheet, save
+from fvexp.models import FeatureModel
+from fvexp.objectives import INPUT, Objective, per_image
+from fvexp.run import build, build_param, cache_dir, check_fits, extra_terms, model_key
+from fvexp.tracking import NullTracker, launch_dir
+
+COLUMNS = 16
+EXAMPLES_SHOWN = 4  # top dataset examples beside each channel on the page
+
+
+def gallery(cfg: DictConfig, model: FeatureModel, out_dir: Path, tracker: NullTracker) -> tuple[Path, bool]:
+    """Visualize the channels batch by batch into the gallery folder, then write the sheet and the page."""
+    if "channel" not in cfg.objective:
+        raise FvexpError("task=gallery visualizes the channels of a layer; use objective=channel or objective=neuron "
+                         "with objective.layer=...")
+    layer = cfg.objective.layer
+    count = model.probe([layer], cfg.render.size)[layer][1]
+    channels = parse_channels(cfg.task.channels, count, layer)
+    folder = Path(cfg.task.dir) if cfg.task.dir else launch_dir() / "outputs" / "gallery" / f"{layer}-{digest(cfg)}"
+    folder.mkdir(parents=True, exist_ok=True)
+    tracker.set_tags({"fvexp.gallery": str(folder.resolve())})
+    batches = [channels[i : i + cfg.task.per_batch] for i in range(0, len(channels), cfg.task.per_batch)]
+    done = [b for b in batches if all(image_path(folder, c).exists() for c in b)]
+    if done:
+        print(f"fvexp: resuming the gallery in {folder}: {sum(map(len, done))} of {len(channels)} channels are done")
+    transforms = build(cfg.transforms)
+    interrupted = False
+    for number, batch in enumerate(batches):
+        if batch in done:
+            continue
+        main = per_image([build(cfg.objective, channel=c) for c in batch])
+        objective = main + sum(weight * build(term) for weight, term in extra_terms(cfg, main))
+        check_fits(model, objective, transforms, cfg.render.size)
+        torch.manual_seed(cfg.seed + number)
+        param = build_param(cfg, len(batch)).to(model.device)
+        offset = number * cfg.render.steps
+        result = render(model, objective, param, transforms, build(cfg.optimizer), cfg.render.steps,
+                        cfg.seed + number, on_step=lambda step, value: tracker.log_step(offset + step, value),
+                        progress=cfg.progress)
+        if result.interrupted:  # a batch is kept whole or not at all, so a rerun redoes it
+            interrupted = True
+            break
+        values = final_values(model, main, result.image)
+        for c, image, value in zip(batch, result.image, values, strict=True):
+            save(image[None], image_path(folder, c))
+            image_path(folder, c).with_suffix(".json").write_text(json.dumps({"channel": c, "objective": value}))
+    finished = [c for c in channels if image_path(folder, c).exists()]
+    sheet, page = write(cfg, model, folder, layer, finished, out_dir)
+    tracker.log_metrics({"gallery.channels": len(finished), "gallery.channels_requested": len(channels)})
+    tracker.log_file(sheet)
+    tracker.log_file(page)
+    return sheet, interrupted
+
+
+def parse_channels(spec: object, count: int, layer: str) -> list[int]:
+    """`None` (all), a list of channels, or a range "a-b" (inclusive), checked against the layer's count."""
+    if spec is None:
+        return list(range(count))
+    if isinstance(spec, int):
+        wanted = [spec]
+    elif isinstance(spec, str) and re.fullmatch(r"\s*\d+\s*-\s*\d+\s*", spec):
+        first, last = (int(part) for part in spec.split("-"))
+        wanted = list(range(first, last + 1))
+    elif isinstance(spec, str) or not all(isinstance(c, int) for c in spec):
+        raise FvexpError(f"task.channels={spec!r} is not a channel list: give null (all), a list like [0,5,9] "
+                         "or a range like '0-31'")
+    else:
+        wanted = list(spec)
+    outside = [c for c in wanted if not 0 <= c < count]
+    if outside or not wanted:
+        raise FvexpError(f"task.channels={spec} goes beyond layer {layer!r}, which has {count} channels: "
+                         f"use channels in 0..{count - 1} (or null for all of them)")
+    return sorted(set(wanted))
+
+
+def digest(cfg: DictConfig) -> str:
+    """A hash of every setting that changes a gallery's images (not which channels, nor tracking)."""
+    keys = ("model", "objective", "param", "transforms", "optimizer", "regularizers", "render", "seed", "precision",
+            "channels_last")
+    settings = {key: OmegaConf.to_container(cfg[key], resolve=True) if OmegaConf.is_config(cfg[key]) else cfg[key]
+                for key in keys}
+    settings["objective"].pop("channel", None)
+    settings["per_batch"] = cfg.task.per_batch
+    return hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:12]
+
+
+def image_path(folder: Path, channel: int) -> Path:
+    return folder / f"channel_{channel:04d}.png"
+
+
+@torch.no_grad()
+def final_values(model: FeatureModel, objective: Objective, images: torch.Tensor) -> list[float]:
+    """Each image's own objective on the final, untransformed batch."""
+    with model.reading(objective.network_layers) as read:
+        return objective({**read(images), INPUT: images}).tolist()
+
+
+def write(cfg: DictConfig, model: FeatureModel, folder: Path, layer: str, channels: list[int],
+          out_dir: Path) -> tuple[Path, Path]:
+    """`gallery.png` (the contact sheet) and `index.html` (one self-contained page) in `out_dir`."""
+    values = {c: json.loads(image_path(folder, c).with_suffix(".json").read_text())["objective"] for c in channels}
+    images = {c: Image.open(image_path(folder, c)).convert("RGB") for c in channels}
+    cells = [(images[c], f"{c}  {values[c]:.3g}") for c in channels]
+    sheet = out_dir / "gallery.png"
+    contact_sheet(cells, columns=min(COLUMNS, max(1, len(cells))), side=112).save(sheet)
+    tops = top_examples(cfg, model, channels) if cfg.data.dir else {}
+    cards = []
+    for c in channels:
+        strip = "".join(f'<img class="ex" src="{uri(im)}" title="{html.escape(name)}">' for im, name in tops.get(c, []))
+        cards.append(f'<figure id="c{c}"><img src="{uri(images[c])}" alt="channel {c}">'
+                     f"<figcaption>channel {c} · {values[c]:.3g}</figcaption>{strip}</figure>")
+    title = f"{html.escape(layer)}: {len(channels)} channels"
+    note = (f"{cfg.render.steps} steps at {cfg.render.size} px, {cfg.task.per_batch} channels per batch"
+            + (f"; top {EXAMPLES_SHOWN} examples of {html.escape(str(cfg.data.dir))} under each" if tops else ""))
+    page = out_dir / "index.html"
+    page.write_text(f"""<!doctype html><html><head><meta charset="utf-8"><title>{title}</title><style>
+body{{font-family:sans-serif;margin:16px}} figure{{display:inline-block;width:232px;margin:6px;vertical-align:top}}
+figure>img{{width:224px}} img.ex{{width:54px;margin:1px}} figcaption{{font-size:13px}}</style></head>
+<body><h1>{title}</h1><p>{note}</p>{"".join(cards)}</body></html>
+""")
+    return sheet, page
+
+
+def top_examples(cfg: DictConfig, model: FeatureModel, channels: list[int]) -> dict[int, list[tuple[Image.Image, str]]]:
+    """Each channel's top dataset example crops, from one pass (or the cache) over `data.dir`."""
+    unit = examples.unit_of(build(cfg.objective, channel=channels[0]), "task=gallery with data.dir")
+    acts = examples.activations(model, unit, cfg.data, model_key(cfg), cache_dir(cfg), cfg.progress)
+    crop = examples.receptive_field(model, layer=unit.layer, size=cfg.data.size)
+    shown = {}
+    for c in channels:
+        top = examples.select(acts, replace(unit, channel=c), EXAMPLES_SHOWN, 1)["top"]
+        shown[c] = [(examples.picture(e, cfg.data.size, crop, acts.map_size), e.file.name) for e in top]
+    return shown
+
+
+def uri(image: Image.Image) -> str:
+    buffer = io.BytesIO()
+    image.save(buffer, format="WEBP", quality=88)
+    return "data:image/webp;base64," + base64.b64encode(buffer.getvalue()).decode()
