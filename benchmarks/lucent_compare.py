@@ -14,10 +14,12 @@ it, on the same FeatureModel instance (which normalizes its own input, so Lucent
 
 A forward pre-hook on the model stamps the time at which each step's forward pass starts, the same
 stamp for both libraries; a step's time is the gap between two stamps (the first two of each run are
-warm-up and dropped). The libraries alternate which goes first from round to round. After the
-timing, the network alone (forward and backward, no parameterization, transforms or optimizer) is
-timed at the image sizes each library fed it, to split the difference into network work and
-everything else. The objective both reach is measured on the final images with fvexp's metrics.
+warm-up and dropped). The libraries alternate which goes first from round to round, and after each
+run the network alone (forward and backward, no parameterization, transforms or optimizer) is timed
+at the image sizes that run fed it, to split the difference into network work and everything else.
+Other processes on the machine slow whichever run they overlap, so the script prints every round,
+the median of the rounds' ratios and the ratio of the fastest runs beside the ratio of the medians.
+The objective both reach is measured on the final images with fvexp's metrics.
 
 Lucent needs an old kornia (<= 0.4.1) and pulls ipython, pytest, coveralls and more, so it lives in
 its own virtualenv, never in the project's (about 2.5 min, ~5 GB with torch's CUDA wheels):
@@ -31,6 +33,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import os
 import statistics
 import time
 import warnings
@@ -169,10 +172,6 @@ def network_ms(model: FeatureModel, sides: list[int], early_stop: bool) -> list[
     return times[WARMUP_STEPS:]
 
 
-def describe(label: str, per_round: list[float]) -> str:
-    return f"{label}: median {statistics.median(per_round):6.1f}   (rounds: {', '.join(f'{x:.1f}' for x in per_round)})"
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--steps", type=int, default=40, help="steps per run")
@@ -185,57 +184,56 @@ def main() -> None:
     model = efficientnet_lite().to(device)
     objective = objectives.channel(LAYER, CHANNEL)
     check_fits(model, objective, standard(), SIZE)  # as fvexp/run.py does before rendering
-    sides: dict[str, list[int]] = {"fvexp": [], "lucent": []}
-
-    def fvexp_side(seed: int) -> tuple[Stamps, float, torch.Tensor]:
-        return run_fvexp(model, objective, args.steps, seed)
-
-    def lucent_side(seed: int) -> tuple[Stamps, float, torch.Tensor]:
-        return run_lucent(model, args.steps, seed)
-
-    sides_fns: dict[str, Callable[[int], tuple[Stamps, float, torch.Tensor]]] = {"fvexp": fvexp_side,
-                                                                              "lucent": lucent_side}
-    for fn in sides_fns.values():  # warm-up: allocator, kernels, lazy imports
-        fn(0)
-    steps_ms: dict[str, list[float]] = {"fvexp": [], "lucent": []}
-    whole_ms: dict[str, list[float]] = {"fvexp": [], "lucent": []}
-    finals: dict[str, list[dict[str, float]]] = {"fvexp": [], "lucent": []}
+    sides: dict[str, Callable[[int], tuple[Stamps, float, torch.Tensor]]] = {
+        "fvexp": lambda seed: run_fvexp(model, objective, args.steps, seed),
+        "lucent": lambda seed: run_lucent(model, args.steps, seed),
+    }
+    for side in sides.values():  # warm-up: allocator, kernels, lazy imports
+        side(0)
+    load = os.getloadavg()[0]
+    step, whole, net, fed = ({name: [] for name in sides} for _ in range(4))
+    finals: dict[str, list[dict[str, float]]] = {name: [] for name in sides}
     for r in range(args.rounds):
         for name in (["fvexp", "lucent"] if r % 2 == 0 else ["lucent", "fvexp"]):
-            stamps, whole, image = sides_fns[name](r)
-            steps_ms[name].append(statistics.median(stamps.step_ms()))
-            whole_ms[name].append(whole)
-            sides[name] += stamps.sides
+            stamps, ms, image = sides[name](r)
+            step[name].append(statistics.median(stamps.step_ms()))
+            whole[name].append(ms)
+            fed[name] += stamps.sides
+            net[name].append(statistics.median(network_ms(model, stamps.sides, early_stop=name == "fvexp")))
             finals[name].append(quality(model, objective, image, [], 0, None))
     assert all(not module._forward_hooks for module in model.net.modules()), "hooks left on the model"
-    fv, lu = (statistics.median(steps_ms[n]) for n in ("fvexp", "lucent"))
-    fv_whole, lu_whole = (statistics.median(whole_ms[n]) for n in ("fvexp", "lucent"))
-    last = {n: sides[n][-args.steps:] for n in sides}
-    net = {"fvexp": statistics.median(network_ms(model, last["fvexp"], early_stop=True)),
-           "lucent": statistics.median(network_ms(model, last["lucent"], early_stop=False))}
 
-    print(f"device: {device} ({torch.get_num_threads()} threads), torch {torch.__version__}; "
-          f"{args.rounds} rounds of {args.steps} steps per library, first {WARMUP_STEPS} steps of each run dropped")
+    print(f"device: {device} ({torch.get_num_threads()} threads), torch {torch.__version__}; load average "
+          f"{load:.1f} -> {os.getloadavg()[0]:.1f}; {args.rounds} rounds of {args.steps} steps per library, "
+          f"the first {WARMUP_STEPS} steps of each run dropped")
     print(f"run: channel {LAYER}:{CHANNEL}, {SIZE} px, batch 1, fourier + decorrelation, standard transforms, "
           f"Adam lr {LR}")
-    print(describe("fvexp  ms/step (median of run medians)", steps_ms["fvexp"]))
-    print(describe("Lucent ms/step (median of run medians)", steps_ms["lucent"]))
-    print(f"speedup: {lu / fv:.2f}x  (goal >= 1.4)")
-    print(f"whole call / steps (set-up and threshold copy included): fvexp {fv_whole:.1f} ms, "
+    print("round   fvexp ms/step  Lucent ms/step  ratio   network alone: fvexp  Lucent")
+    for r in range(args.rounds):
+        fv, lu = step["fvexp"][r], step["lucent"][r]
+        print(f"{r:5d}   {fv:13.1f}  {lu:14.1f}  {lu / fv:5.2f}   {net['fvexp'][r]:20.1f}  {net['lucent'][r]:6.1f}")
+    fv, lu = statistics.median(step["fvexp"]), statistics.median(step["lucent"])
+    print(f"median  {fv:13.1f}  {lu:14.1f}  {lu / fv:5.2f}   {statistics.median(net['fvexp']):20.1f}  "
+          f"{statistics.median(net['lucent']):6.1f}")
+    ratios = [b / a for a, b in zip(step["fvexp"], step["lucent"], strict=True)]
+    print(f"speedup, fvexp over Lucent: {lu / fv:.2f}x (medians), {statistics.median(ratios):.2f}x (median of the "
+          f"rounds' ratios), {min(step['lucent']) / min(step['fvexp']):.2f}x (fastest runs)  [goal >= 1.4]")
+    fv_whole, lu_whole = statistics.median(whole["fvexp"]), statistics.median(whole["lucent"])
+    print(f"whole call / steps (set-up, warm-up steps and threshold copy included): fvexp {fv_whole:.1f} ms, "
           f"Lucent {lu_whole:.1f} ms, {lu_whole / fv_whole:.2f}x")
-    for name in ("fvexp", "lucent"):
+    for name in sides:
         plain, moved = (statistics.mean(m[key] for m in finals[name])
                         for key in ("objective_untransformed", "objective_transformed"))
         print(f"{name:6s} final image, channel mean: untransformed {plain:.2f}, over 16 draws of the standard "
               f"transforms {moved:.2f} (mean of {len(finals[name])} runs)")
-    print(f"image side fed to the network: fvexp {min(sides['fvexp'])}..{max(sides['fvexp'])} px "
-          f"(mean {statistics.mean(sides['fvexp']):.0f}), Lucent {min(sides['lucent'])}..{max(sides['lucent'])} px "
-          f"(mean {statistics.mean(sides['lucent']):.0f})")
-    print(f"Lucent hooks {lucent_hook_count(model)} modules per render_vis; fvexp hooks "
-          f"{len(objective.network_layers)}")
-    print(f"network alone at those sizes: fvexp (stops after {LAYER}) {net['fvexp']:.1f} ms, "
-          f"Lucent (whole network forward) {net['lucent']:.1f} ms")
-    print(f"everything else per step: fvexp {fv - net['fvexp']:.1f} ms, Lucent {lu - net['lucent']:.1f} ms")
+    print(f"image side fed to the network: fvexp {min(fed['fvexp'])}..{max(fed['fvexp'])} px "
+          f"(mean {statistics.mean(fed['fvexp']):.0f}), Lucent {min(fed['lucent'])}..{max(fed['lucent'])} px "
+          f"(mean {statistics.mean(fed['lucent']):.0f})")
+    print(f"network alone there: fvexp stops the forward pass after {LAYER}, Lucent runs the whole network; "
+          f"Lucent hooks {lucent_hook_count(model)} modules per render_vis, fvexp {len(objective.network_layers)}")
+    rest = {name: statistics.median(s - n for s, n in zip(step[name], net[name], strict=True)) for name in sides}
+    print(f"everything else per step (step - network, median over rounds): fvexp {rest['fvexp']:.1f} ms, "
+          f"Lucent {rest['lucent']:.1f} ms")
 
 
 if __name__ == "__main__":

@@ -30,7 +30,7 @@ def scan(folder: str | Path, key: str = "data.dir") -> list[Path]:
         raise FvexpError(f"{key}={str(folder)!r} is not a folder; point {key} at a folder of images "
                          f"({', '.join(sorted(SUFFIXES))}, at any depth), e.g. {key}=/data/imagenet/val")
     files, others = [], 0
-    for directory, subdirs, names in os.walk(root):
+    for directory, subdirs, names in os.walk(root, followlinks=True):  # datasets are often linked in
         subdirs.sort()
         for name in sorted(names):
             if Path(name).suffix.lower() in SUFFIXES:

@@ -33,12 +33,12 @@ def crops(image: Image.Image) -> dict[str, Image.Image]:
     return pieces
 
 
-def build(folder: Path) -> list[Path]:
+def build(folder: Path, photos: list[str] = PHOTOS) -> list[Path]:
     """Write the demo folder (JPEG and PNG mixed, as real folders are) and return its files."""
     import skimage.data
 
     written = []
-    for name in PHOTOS:
+    for name in photos:
         array = getattr(skimage.data, name)()
         image = Image.fromarray(np.asarray(array, dtype=np.uint8)).convert("RGB")
         (folder / name).mkdir(parents=True, exist_ok=True)

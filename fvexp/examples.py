@@ -89,8 +89,8 @@ def reduce(act: Tensor, unit: Unit) -> tuple[Tensor, Tensor]:
 def activations(model: FeatureModel, unit: Unit, data: Any, model_key: str, cache_dir: Path,
                 progress: bool = True) -> Activations:
     """The layer's reduced activations over `data.dir`, from the cache or computed (and cached)."""
-    root = Path(data.dir).expanduser().resolve()
-    files = scan(root)
+    files = [file.absolute() for file in scan(data.dir)]
+    root = Path(data.dir).expanduser().absolute()
     reduction = "max" if unit.position is None else f"at {unit.position}"
     key = hashlib.sha256(json.dumps([model_key, unit.layer, reduction, fingerprint(root, files), PREPROCESSING,
                                      data.size]).encode()).hexdigest()[:20]

@@ -33,6 +33,7 @@ from fvexp.models import FeatureModel
 from fvexp.objectives import INPUT, Objective, per_image
 from fvexp.run import build, build_param, cache_dir, check_fits, extra_terms, model_key
 from fvexp.tracking import NullTracker, launch_dir
+from fvexp.transforms import Compose
 
 COLUMNS = 16
 EXAMPLES_SHOWN = 4  # top dataset examples beside each channel on the page
@@ -50,36 +51,47 @@ def gallery(cfg: DictConfig, model: FeatureModel, out_dir: Path, tracker: NullTr
     folder.mkdir(parents=True, exist_ok=True)
     tracker.set_tags({"fvexp.gallery": str(folder.resolve())})
     batches = [channels[i : i + cfg.task.per_batch] for i in range(0, len(channels), cfg.task.per_batch)]
-    done = [b for b in batches if all(image_path(folder, c).exists() for c in b)]
+    done = [b for b in batches if all(finished(folder, c) for c in b)]
     if done:
         print(f"fvexp: resuming the gallery in {folder}: {sum(map(len, done))} of {len(channels)} channels are done")
     transforms = build(cfg.transforms)
     interrupted = False
-    for number, batch in enumerate(batches):
-        if batch in done:
-            continue
-        main = per_image([build(cfg.objective, channel=c) for c in batch])
-        objective = main + sum(weight * build(term) for weight, term in extra_terms(cfg, main))
-        check_fits(model, objective, transforms, cfg.render.size)
-        torch.manual_seed(cfg.seed + number)
-        param = build_param(cfg, len(batch)).to(model.device)
-        offset = number * cfg.render.steps
-        result = render(model, objective, param, transforms, build(cfg.optimizer), cfg.render.steps,
-                        cfg.seed + number, on_step=lambda step, value: tracker.log_step(offset + step, value),
-                        progress=cfg.progress)
-        if result.interrupted:  # a batch is kept whole or not at all, so a rerun redoes it
-            interrupted = True
-            break
-        values = final_values(model, main, result.image)
-        for c, image, value in zip(batch, result.image, values, strict=True):
-            save(image[None], image_path(folder, c))
-            image_path(folder, c).with_suffix(".json").write_text(json.dumps({"channel": c, "objective": value}))
-    finished = [c for c in channels if image_path(folder, c).exists()]
-    sheet, page = write(cfg, model, folder, layer, finished, out_dir)
-    tracker.log_metrics({"gallery.channels": len(finished), "gallery.channels_requested": len(channels)})
+    try:
+        for number, batch in enumerate(batches):
+            if batch not in done:
+                interrupted = not visualize(cfg, model, transforms, tracker, folder, number, batch)
+            if interrupted:
+                break
+    except KeyboardInterrupt:  # between two batches' optimizations: what is finished is kept all the same
+        interrupted = True
+    shown = [c for c in channels if finished(folder, c)]
+    sheet, page = write(cfg, model, folder, layer, shown, out_dir, with_examples=not interrupted)
+    tracker.log_metrics({"gallery.channels": len(shown), "gallery.channels_requested": len(channels)})
     tracker.log_file(sheet)
     tracker.log_file(page)
     return sheet, interrupted
+
+
+def visualize(cfg: DictConfig, model: FeatureModel, transforms: Compose, tracker: NullTracker, folder: Path,
+              number: int, batch: list[int]) -> bool:
+    """Optimize batch `number` (image i for channel batch[i]) and keep it; False if interrupted.
+
+    A batch is kept whole or not at all, so a rerun redoes an interrupted one.
+    """
+    main = per_image([build(cfg.objective, channel=c) for c in batch])
+    objective = main + sum(weight * build(term) for weight, term in extra_terms(cfg, main))
+    check_fits(model, objective, transforms, cfg.render.size)
+    torch.manual_seed(cfg.seed + number)
+    param = build_param(cfg, len(batch)).to(model.device)
+    offset = number * cfg.render.steps
+    result = render(model, objective, param, transforms, build(cfg.optimizer), cfg.render.steps, cfg.seed + number,
+                    on_step=lambda step, value: tracker.log_step(offset + step, value), progress=cfg.progress)
+    if result.interrupted:
+        return False
+    for c, image, value in zip(batch, result.image, final_values(model, main, result.image), strict=True):
+        save(image[None], image_path(folder, c))
+        image_path(folder, c).with_suffix(".json").write_text(json.dumps({"channel": c, "objective": value}))
+    return True
 
 
 def parse_channels(spec: object, count: int, layer: str) -> list[int]:
@@ -118,6 +130,11 @@ def image_path(folder: Path, channel: int) -> Path:
     return folder / f"channel_{channel:04d}.png"
 
 
+def finished(folder: Path, channel: int) -> bool:
+    """A channel is finished once its value is written, which happens after its image."""
+    return image_path(folder, channel).with_suffix(".json").exists()
+
+
 @torch.no_grad()
 def final_values(model: FeatureModel, objective: Objective, images: torch.Tensor) -> list[float]:
     """Each image's own objective on the final, untransformed batch."""
@@ -125,15 +142,19 @@ def final_values(model: FeatureModel, objective: Objective, images: torch.Tensor
         return objective({**read(images), INPUT: images}).tolist()
 
 
-def write(cfg: DictConfig, model: FeatureModel, folder: Path, layer: str, channels: list[int],
-          out_dir: Path) -> tuple[Path, Path]:
-    """`gallery.png` (the contact sheet) and `index.html` (one self-contained page) in `out_dir`."""
+def write(cfg: DictConfig, model: FeatureModel, folder: Path, layer: str, channels: list[int], out_dir: Path,
+          with_examples: bool = True) -> tuple[Path, Path]:
+    """`gallery.png` (the contact sheet) and `index.html` (one self-contained page) in `out_dir`.
+
+    Dataset examples (when `data.dir` is set) are left out of the page of an interrupted gallery:
+    a pass over a large folder is not what Ctrl-C asked for.
+    """
     values = {c: json.loads(image_path(folder, c).with_suffix(".json").read_text())["objective"] for c in channels}
     images = {c: Image.open(image_path(folder, c)).convert("RGB") for c in channels}
     cells = [(images[c], f"{c}  {values[c]:.3g}") for c in channels]
     sheet = out_dir / "gallery.png"
     contact_sheet(cells, columns=min(COLUMNS, max(1, len(cells))), side=112).save(sheet)
-    tops = top_examples(cfg, model, channels) if cfg.data.dir else {}
+    tops = top_examples(cfg, model, channels) if cfg.data.dir and with_examples and channels else {}
     cards = []
     for c in channels:
         strip = "".join(f'<img class="ex" src="{uri(im)}" title="{html.escape(name)}">' for im, name in tops.get(c, []))

@@ -115,7 +115,8 @@ def _render(cfg: DictConfig, model: FeatureModel, out_dir: Path, tracker: NullTr
     check_fits(model, objective, transforms, cfg.render.size)
     param = build_param(cfg, cfg.render.batch).to(model.device)
     if cfg.param.init == "dataset_examples":
-        tracker.log_metrics({"init_psnr": start_from_examples(cfg, model, main, param)})
+        tracker.log_metrics(start_from_examples(cfg, model, main, param, out_dir))
+        tracker.log_file(out_dir / "init.json")
 
     def keep(step: int, images: torch.Tensor) -> None:
         save(images, out_dir / "steps" / f"step_{step:05d}.png")
@@ -173,8 +174,12 @@ def examples_beside(cfg: DictConfig, model: FeatureModel, main: Objective, out_d
     return paths
 
 
-def start_from_examples(cfg: DictConfig, model: FeatureModel, main: Objective, param: torch.nn.Module) -> float:
-    """Fit `param` to the top `render.batch` examples (Nguyen et al.'s diverse starts); return the fit's PSNR."""
+def start_from_examples(cfg: DictConfig, model: FeatureModel, main: Objective, param: torch.nn.Module,
+                        out_dir: Path) -> dict[str, float]:
+    """Fit `param` to the top `render.batch` examples (Nguyen et al.'s diverse starts).
+
+    Which files seeded which image, and how closely (PSNR), goes to `init.json`.
+    """
     unit = examples.unit_of(main, "param.init=dataset_examples")
     acts = examples.activations(model, unit, cfg.data, model_key(cfg), cache_dir(cfg), cfg.progress)
     top = examples.select(acts, unit, cfg.render.batch, 1)["top"]
@@ -182,7 +187,9 @@ def start_from_examples(cfg: DictConfig, model: FeatureModel, main: Objective, p
         raise FvexpError(f"param.init=dataset_examples needs render.batch={cfg.render.batch} readable images in "
                          f"data.dir, and there are {len(top)}")
     images = torch.stack([open_image(e.file, cfg.render.size) for e in top]).to(model.device)
-    return fit(param, images)
+    psnr = fit(param, images)
+    (out_dir / "init.json").write_text(json.dumps({"files": [str(e.file) for e in top], "psnr_db": psnr}, indent=2))
+    return {"init_psnr": psnr}
 
 
 def model_key(cfg: DictConfig) -> str:

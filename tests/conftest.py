@@ -53,3 +53,13 @@ def fvexp(*args: str, cwd: Path, env: dict[str, str] | None = None, timeout: int
     environment.update(env or {})
     return subprocess.run([sys.executable, "-m", "fvexp", *args], cwd=cwd, env=environment,
                           capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.fixture(scope="session")
+def demo_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A small nested image folder from scikit-image's photos and their crops (84 images), as `fvexp.demo` builds."""
+    from fvexp.demo import build
+
+    folder = tmp_path_factory.mktemp("demo_photos")
+    build(folder, ["chelsea", "coffee", "rocket", "brick", "coins", "colorwheel"])
+    return folder
