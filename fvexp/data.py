@@ -20,6 +20,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from fvexp.errors import FvexpError
 from fvexp.images import SUFFIXES
+
 PREPROCESSING = "rgb, shorter side resized (bicubic, antialiased) to size, centre crop size×size, [0, 1]"
 
 
@@ -39,7 +40,8 @@ def scan(folder: str | Path, key: str = "data.dir") -> list[Path]:
                 others += 1
     if not files:
         found = f"{others} other file(s) and no image" if others else "nothing"
-        raise FvexpError(f"{key}={str(folder)!r} holds {found}: fvexp reads {', '.join(sorted(SUFFIXES))} files at any depth")
+        raise FvexpError(f"{key}={str(folder)!r} holds {found}: fvexp reads {', '.join(sorted(SUFFIXES))} files "
+                         "at any depth")
     return files
 
 

@@ -89,6 +89,9 @@ def reduce(act: Tensor, unit: Unit) -> tuple[Tensor, Tensor]:
 def activations(model: FeatureModel, unit: Unit, data: Any, model_key: str, cache_dir: Path,
                 progress: bool = True) -> Activations:
     """The layer's reduced activations over `data.dir`, from the cache or computed (and cached)."""
+    if model.image_channels != 3:
+        raise FvexpError(f"dataset examples are photos, and this model takes {model.image_channels}-channel "
+                         "images; leave data.dir unset for it")
     files = [file.absolute() for file in scan(data.dir)]
     root = Path(data.dir).expanduser().absolute()
     reduction = "max" if unit.position is None else f"at {unit.position}"
@@ -257,7 +260,7 @@ def write(out: Path, acts: Activations, unit: Unit, chosen: dict[str, list[Examp
 
 def _csv(path: Path, acts: Activations, unit: Unit, values: np.ndarray) -> Path:
     """Every readable image, best first: file (relative to data.dir), activation, map and pixel position."""
-    h, w = acts.map_size
+    w = acts.map_size[1]
     with path.open("w", newline="") as handle:
         writer = csv.writer(handle)
         writer.writerow(["rank", "file", "activation", "y", "x"])

@@ -82,7 +82,7 @@ def visualize(cfg: DictConfig, model: FeatureModel, transforms: Compose, tracker
     objective = main + sum(weight * build(term) for weight, term in extra_terms(cfg, main))
     check_fits(model, objective, transforms, cfg.render.size)
     torch.manual_seed(cfg.seed + number)
-    param = build_param(cfg, len(batch)).to(model.device)
+    param = build_param(cfg, model, len(batch))
     offset = number * cfg.render.steps
     result = render(model, objective, param, transforms, build(cfg.optimizer), cfg.render.steps, cfg.seed + number,
                     on_step=lambda step, value: tracker.log_step(offset + step, value), progress=cfg.progress)

@@ -15,14 +15,20 @@ SUFFIXES = {".png", ".jpg", ".jpeg", ".webp"}
 
 
 def to_pil(image: Tensor) -> Image.Image:
-    """A (3, H, W) tensor in [0, 1] as an 8-bit RGB image."""
+    """A (3, H, W) tensor in [0, 1] as an 8-bit RGB image.
+
+    Images of a network with other than 3 input channels show each channel as a grey tile, side by side.
+    """
+    if image.shape[0] != 3:
+        image = image.transpose(0, 1).flatten(1)[None].expand(3, -1, -1)  # (C, H, W) -> grey (H, C·W)
     array = image.detach().clamp(0, 1).mul(255).round().byte().permute(1, 2, 0).cpu().numpy()
     return Image.fromarray(np.ascontiguousarray(array), mode="RGB")
 
 
 def grid(images: Tensor, gap: int = 4) -> Image.Image:
-    """A batch (B, 3, H, W) as one near-square grid of images on white, `gap` pixels apart."""
-    count, _, h, w = images.shape
+    """A batch (B, C, H, W) as one near-square grid of images on white, `gap` pixels apart."""
+    count = len(images)
+    w, h = to_pil(images[0]).size
     cols = math.ceil(math.sqrt(count))
     rows = math.ceil(count / cols)
     sheet = Image.new("RGB", (cols * w + (cols - 1) * gap, rows * h + (rows - 1) * gap), "white")

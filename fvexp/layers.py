@@ -36,7 +36,7 @@ def table(model: FeatureModel, size: int) -> list[tuple[str, str, str, str, bool
     modules = [(name, module) for name, module in model.net.named_modules() if name]
     handles = [module.register_forward_hook(hook(name)) for name, module in modules]
     try:
-        model(torch.zeros(1, 3, size, size, device=model.device))
+        model(torch.zeros(1, model.image_channels, size, size, device=model.device))
     finally:
         for handle in handles:
             handle.remove()

@@ -41,8 +41,9 @@ class FeatureModel(nn.Module):
         weights_path: str | None = None,
     ) -> None:
         super().__init__()
-        if len(mean) not in (1, 3) or len(std) != len(mean):
-            raise FvexpError(f"model.mean and model.std need 3 values (RGB) or 1 (grayscale), got {len(mean)} and "
+        if not mean or len(std) != len(mean):
+            raise FvexpError(f"model.mean and model.std need one value per input channel: 3 (RGB), 1 (grayscale) or "
+                             f"the channel count of your network's input, the same for both; got {len(mean)} and "
                              f"{len(std)}")
         self.net = net.requires_grad_(False)
         self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1))
@@ -65,6 +66,12 @@ class FeatureModel(nn.Module):
     @property
     def device(self) -> torch.device:
         return self.mean.device
+
+    @property
+    def image_channels(self) -> int:
+        """Channels of the images to optimize: RGB for RGB and grayscale networks, else the network's own."""
+        channels = self.mean.shape[1]
+        return 3 if channels == 1 else channels
 
     def layer(self, name: str) -> nn.Module:
         modules = dict(self.net.named_modules())
@@ -126,7 +133,7 @@ class FeatureModel(nn.Module):
 
         handles = [self.layer(name).register_forward_hook(hook(name)) for name in layers]
         try:
-            self(torch.zeros(1, 3, size, size, device=self.device))
+            self(torch.zeros(1, self.image_channels, size, size, device=self.device))
         finally:
             for handle in handles:
                 handle.remove()

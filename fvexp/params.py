@@ -1,8 +1,9 @@
 """Image parameterizations: the space the optimizer walks in, mapped to RGB images in [0, 1].
 
 All follow Lucid unless said otherwise. A parameterization is an `nn.Module` built with the batch
-size and image side; `raw()` gives unbounded values of shape (batch, 3, size, size) and `forward()`
-turns them into images through optional colour decorrelation and a sigmoid. The choice of space is
+size and image side (and the channel count of the model's input, 3 unless the model takes another);
+`raw()` gives unbounded values of shape (batch, channels, size, size) and `forward()` turns them
+into images through optional colour decorrelation (RGB only) and a sigmoid. The choice of space is
 a preconditioner: it changes which direction is steepest, and so what the optimizer finds.
 """
 
@@ -30,7 +31,7 @@ def to_rgb(t: Tensor, decorrelate: bool) -> Tensor:
     Optimizing in decorrelated colour space makes each parameter move a natural colour direction,
     which the article finds removes the washed-out, grey-green look of plain RGB optimization.
     """
-    if decorrelate:
+    if decorrelate and t.shape[1] == 3:  # ImageNet's colour statistics mean nothing for other channels
         t = torch.einsum("dc,bchw->bdhw", COLOR_CORRELATION.to(t.device), t)
     return torch.sigmoid(t)
 
@@ -67,9 +68,9 @@ class Pixel(Param):
     """
 
     def __init__(self, batch: int, size: int, sd: float = 0.01, decorrelate: bool = False,
-                 grad_blur: float = 0.0) -> None:
+                 grad_blur: float = 0.0, channels: int = 3) -> None:
         super().__init__(decorrelate)
-        self.pixels = nn.Parameter(torch.randn(batch, 3, size, size) * sd)
+        self.pixels = nn.Parameter(torch.randn(batch, channels, size, size) * sd)
         if grad_blur > 0:
             self.pixels.register_hook(lambda grad: gaussian_blur(grad, grad_blur))
 
@@ -86,10 +87,10 @@ class Fourier(Param):
     """
 
     def __init__(self, batch: int, size: int, sd: float = 0.01, decay_power: float = 1.0,
-                 decorrelate: bool = True) -> None:
+                 decorrelate: bool = True, channels: int = 3) -> None:
         super().__init__(decorrelate)
         self.register_buffer("scale", spectrum_scale(size, decay_power))
-        self.spectrum = nn.Parameter(torch.randn(batch, 3, *self.scale.shape, 2) * sd)
+        self.spectrum = nn.Parameter(torch.randn(batch, channels, *self.scale.shape, 2) * sd)
         self.size = size
 
     def raw(self) -> Tensor:
@@ -105,23 +106,25 @@ class LowRes(Param):
     """
 
     def __init__(self, batch: int, size: int, factor: int = 4, frames: int | None = None, sd: float = 0.01,
-                 decorrelate: bool = True) -> None:
+                 decorrelate: bool = True, channels: int = 3) -> None:
         super().__init__(decorrelate)
         frames = frames or batch
-        self.coarse = nn.Parameter(torch.randn(1, 3, frames, max(1, size // factor), max(1, size // factor)) * sd)
+        side = max(1, size // factor)
+        self.coarse = nn.Parameter(torch.randn(1, channels, frames, side, side) * sd)
         self.shape = (batch, size, size)
 
     def raw(self) -> Tensor:
         volume = F.interpolate(self.coarse, size=self.shape, mode="trilinear", align_corners=True)
-        return volume[0].transpose(0, 1)  # (3, batch, h, w) -> (batch, 3, h, w)
+        return volume[0].transpose(0, 1)  # (channels, batch, h, w) -> (batch, channels, h, w)
 
 
 class LaplacianPyramid(Param):
     """A sum of `levels` images at resolutions size, size/2, size/4, ... (Lucid's `laplacian_pyramid`)."""
 
-    def __init__(self, batch: int, size: int, levels: int = 4, sd: float = 0.01, decorrelate: bool = True) -> None:
+    def __init__(self, batch: int, size: int, levels: int = 4, sd: float = 0.01, decorrelate: bool = True,
+                 channels: int = 3) -> None:
         super().__init__(decorrelate)
-        self.levels = nn.ModuleList(LowRes(batch, size, 2**k, sd=sd) for k in range(levels))
+        self.levels = nn.ModuleList(LowRes(batch, size, 2**k, sd=sd, channels=channels) for k in range(levels))
 
     def raw(self) -> Tensor:
         return sum(level.raw() for level in self.levels)
@@ -135,11 +138,13 @@ class Shared(Param):
     """
 
     def __init__(self, batch: int, size: int, base: Callable[..., Param],
-                 shared: Sequence[Sequence[int]] = ((1, 2), (1, 4), (1, 8), (2, 8), (1, 16), (2, 16))) -> None:
-        base_param = base(batch=batch, size=size)
+                 shared: Sequence[Sequence[int]] = ((1, 2), (1, 4), (1, 8), (2, 8), (1, 16), (2, 16)),
+                 channels: int = 3) -> None:
+        base_param = base(batch=batch, size=size, channels=channels)
         super().__init__(base_param.decorrelate)
         self.base = base_param
-        self.shared = nn.ModuleList(LowRes(batch, size, factor, min(frames, batch)) for frames, factor in shared)
+        self.shared = nn.ModuleList(LowRes(batch, size, factor, min(frames, batch), channels=channels)
+                                    for frames, factor in shared)
 
     def raw(self) -> Tensor:
         return self.base.raw() + sum(part.raw() for part in self.shared)
@@ -152,30 +157,31 @@ class CPPN(Param):
     Needs a smaller learning rate than the image bases (Lucid uses Adam at 0.005).
     """
 
-    def __init__(self, batch: int, size: int, hidden: int = 24, layers: int = 8, decorrelate: bool = False) -> None:
+    def __init__(self, batch: int, size: int, hidden: int = 24, layers: int = 8, decorrelate: bool = False,
+                 channels: int = 3) -> None:
         super().__init__(decorrelate)
         r = 3**0.5
         ys, xs = torch.meshgrid(torch.linspace(-r, r, size), torch.linspace(-r, r, size), indexing="ij")
         self.register_buffer("coordinates", torch.stack([xs, ys])[None].expand(batch, 2, size, size))
-        convs, channels = [], 2
+        convs, width = [], 2
         for _ in range(layers):
-            conv = nn.Conv2d(channels * batch, hidden * batch, 1, groups=batch)  # one independent net per image
-            nn.init.normal_(conv.weight, std=(1 / channels) ** 0.5)
+            conv = nn.Conv2d(width * batch, hidden * batch, 1, groups=batch)  # one independent net per image
+            nn.init.normal_(conv.weight, std=(1 / width) ** 0.5)
             nn.init.zeros_(conv.bias)
             convs.append(conv)
-            channels = 2 * hidden
+            width = 2 * hidden
         self.hidden = nn.ModuleList(convs)
-        self.out = nn.Conv2d(channels * batch, 3 * batch, 1, groups=batch)
+        self.out = nn.Conv2d(width * batch, channels * batch, 1, groups=batch)
         nn.init.zeros_(self.out.weight)
         nn.init.zeros_(self.out.bias)
-        self.batch = batch
+        self.batch, self.channels = batch, channels
 
     def raw(self) -> Tensor:
         x = self.coordinates.reshape(1, -1, *self.coordinates.shape[-2:])
         for conv in self.hidden:
             x = torch.atan(conv(x)).unflatten(1, (self.batch, -1))
             x = torch.cat([x / 0.67, x * x / 0.6], 2).flatten(1, 2)  # Lucid's composite activation
-        return self.out(x).reshape(self.batch, 3, *x.shape[-2:])
+        return self.out(x).reshape(self.batch, self.channels, *x.shape[-2:])
 
 
 class Maco(Param):
@@ -187,12 +193,15 @@ class Maco(Param):
     """
 
     def __init__(self, batch: int, size: int, spectrum_from: str | list[str] | None = None,
-                 decay_power: float = 1.0, decorrelate: bool = True) -> None:
+                 decay_power: float = 1.0, decorrelate: bool = True, channels: int = 3) -> None:
         super().__init__(decorrelate)
-        magnitude = (spectrum_scale(size, decay_power).expand(3, -1, -1) if spectrum_from is None
+        if spectrum_from is not None and channels != 3:
+            raise FvexpError(f"param.spectrum_from takes the spectrum of RGB photos, but the model takes {channels} "
+                             "channels; leave param.spectrum_from=null for the 1/f model")
+        magnitude = (spectrum_scale(size, decay_power).expand(channels, -1, -1) if spectrum_from is None
                      else average_magnitude(spectrum_from, size))
         self.register_buffer("magnitude", magnitude / magnitude.mean())
-        self.phase = nn.Parameter((torch.rand(batch, 3, *magnitude.shape[-2:]) * 2 - 1) * math.pi)
+        self.phase = nn.Parameter((torch.rand(batch, *magnitude.shape) * 2 - 1) * math.pi)
         self.size = size
 
     def raw(self) -> Tensor:

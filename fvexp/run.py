@@ -113,7 +113,7 @@ def _render(cfg: DictConfig, model: FeatureModel, out_dir: Path, tracker: NullTr
     objective = main + sum(weight * build(term) for weight, term in extra_terms(cfg, main))
     transforms: Compose = build(cfg.transforms)
     check_fits(model, objective, transforms, cfg.render.size)
-    param = build_param(cfg, cfg.render.batch).to(model.device)
+    param = build_param(cfg, model, cfg.render.batch)
     if cfg.param.init == "dataset_examples":
         tracker.log_metrics(start_from_examples(cfg, model, main, param, out_dir))
         tracker.log_file(out_dir / "init.json")
@@ -203,10 +203,13 @@ def cache_dir(cfg: DictConfig) -> Path:
     return Path(cfg.data.cache_dir).expanduser() if cfg.data.cache_dir else launch_dir() / "outputs" / "cache"
 
 
-def build_param(cfg: DictConfig, batch: int) -> torch.nn.Module:
-    """The parameterization for `batch` images at `render.size` (`param.init` is fvexp's, not the class's)."""
+def build_param(cfg: DictConfig, model: FeatureModel, batch: int) -> torch.nn.Module:
+    """The parameterization of `batch` images at `render.size` for the model's input channels, on its device.
+
+    `param.init` is fvexp's, not the class's.
+    """
     node = OmegaConf.masked_copy(cfg.param, [k for k in cfg.param if k != "init"])
-    return build(node)(batch=batch, size=cfg.render.size)
+    return build(node)(batch=batch, size=cfg.render.size, channels=model.image_channels).to(model.device)
 
 
 def extra_terms(cfg: DictConfig, main: Objective) -> Iterator[tuple[float, DictConfig]]:

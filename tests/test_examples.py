@@ -32,10 +32,10 @@ def acts_of(model, folder: Path, cache: Path, unit=None) -> examples.Activations
 
 
 def test_bad_folders_get_one_clear_error(tmp_path: Path) -> None:
-    with pytest.raises(FvexpError, match="is not a folder; point data.dir at a folder of images"):
+    with pytest.raises(FvexpError, match=r"is not a folder; point data.dir at a folder of images"):
         scan(tmp_path / "missing")
     (tmp_path / "empty").mkdir()
-    with pytest.raises(FvexpError, match="holds nothing: fvexp reads .jpeg, .jpg, .png, .webp files at any depth"):
+    with pytest.raises(FvexpError, match=r"holds nothing: fvexp reads \.jpeg, \.jpg, \.png, \.webp files at any depth"):
         scan(tmp_path / "empty")
     (tmp_path / "texts").mkdir()
     (tmp_path / "texts" / "notes.txt").write_text("hello")
@@ -47,7 +47,7 @@ def test_a_folder_of_files_that_are_not_images_is_an_error(model, tmp_path: Path
     (tmp_path / "fake").mkdir()
     for i in range(3):
         (tmp_path / "fake" / f"photo{i}.jpg").write_text("not a jpeg")
-    with pytest.raises(FvexpError, match="none of the 3 image files .* could be read as an image"):
+    with pytest.raises(FvexpError, match=r"none of the 3 image files .* could be read as an image"):
         acts_of(model, tmp_path / "fake", tmp_path / "cache")
 
 

@@ -128,7 +128,8 @@ def test_the_gallery_is_batched_resumable_and_browsable(demo_folder, model, tmp_
     (["task=gallery", "task.channels=100-120"], "task.channels=100-120 goes beyond layer '_blocks.8', which has 112"),
     (["task=dataset_examples", "data.dir=nowhere"], "data.dir='nowhere' is not a folder"),
     (["task=dataset_examples"], "data.dir=None is not allowed: data.dir must be an image folder"),
-    (["task=dataset_examples", "objective=layer", "data.dir=."], "task=dataset_examples needs an objective about one unit"),
+    (["task=dataset_examples", "objective=layer", "data.dir=."],
+     "task=dataset_examples needs an objective about one unit"),
 ])
 def test_bad_input_is_one_clear_error(args: list[str], message: str, tmp_path: Path) -> None:
     done = fvexp(*args, *SMALL, cwd=tmp_path)

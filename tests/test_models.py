@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
 from urllib.error import URLError
 
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 from torch import nn
 
 from fvexp.errors import FvexpError
@@ -71,11 +74,16 @@ def test_custom_models_and_grayscale() -> None:
     assert torch.allclose(gray(image), gray.net((luminance - 0.5) / 0.5))
     with pytest.raises(FvexpError, match=r"model\.net built a int, not a torch\.nn\.Module"):
         custom(3)
-    with pytest.raises(FvexpError, match="3 values \\(RGB\\) or 1 \\(grayscale\\), got 2"):
-        custom(tiny_net(), mean=[0.5, 0.5], std=[0.5, 0.5])
+    with pytest.raises(FvexpError, match=r"one value per input channel: 3 \(RGB\), 1 \(grayscale\) or the channel "
+                                         r"count of your network's input, the same for both; got 2 and 3"):
+        custom(tiny_net(), mean=[0.5, 0.5], std=[0.5, 0.5, 0.5])
 
 
 @pytest.mark.slow
+def load_png(path: Path) -> np.ndarray:
+    return np.asarray(Image.open(path))
+
+
 def test_runs_with_a_torchvision_model_and_a_target_model(tmp_path: Path, resnet18_weights: Path) -> None:
     done = fvexp("model=torchvision", "model.name=resnet18", f"model.weights_path={resnet18_weights}",
                  "objective.layer=layer3", "render.steps=4", "render.size=64", "tracking=none",
@@ -87,6 +95,15 @@ def test_runs_with_a_torchvision_model_and_a_target_model(tmp_path: Path, resnet
                  "render.steps=4", "render.size=32", "tracking=none", f"hydra.run.dir={tmp_path / 'tiny'}",
                  cwd=tmp_path)
     assert done.returncode == 0, done.stderr
+    assert load_png(tmp_path / "tiny" / "image.png").shape == (32, 32, 3)
+    done = fvexp("model=custom", "model.net._target_=tests.test_models.tiny_net", "+model.net.channels=4",
+                 "model.mean=[0.5,0.5,0.5,0.5]", "model.std=[0.5,0.5,0.5,0.5]", "objective.layer=2",
+                 "objective.channel=7", "param=laplacian", "render.steps=16", "render.size=32",
+                 f"hydra.run.dir={tmp_path / 'four'}", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    tiles = load_png(tmp_path / "four" / "image.png")
+    assert tiles.shape == (32, 4 * 32, 3) and (tiles[..., 0] == tiles[..., 2]).all()  # 4 grey tiles, one a channel
+    assert json.loads((tmp_path / "four" / "metrics.json").read_text())["objective_final"] > 0
     done = fvexp("model=custom", "model.net._target_=tests.nowhere.make", "tracking=none",
                  f"hydra.run.dir={tmp_path / 'bad'}", cwd=tmp_path)
     assert done.returncode == 2 and "Error locating target 'tests.nowhere.make'" in done.stderr

@@ -47,3 +47,14 @@ def test_colour_decorrelation_is_lucids_normalized_matrix() -> None:
     t[0, 0] = 1.0  # one unit of the first decorrelated component
     mixed = torch.logit(to_rgb(t, decorrelate=True)).flatten()
     assert torch.allclose(mixed, COLOR_CORRELATION[:, 0], atol=1e-5)
+
+
+@pytest.mark.parametrize("name", ["Pixel", "Fourier", "LowRes", "LaplacianPyramid", "CPPN", "Maco"])
+def test_every_parameterization_makes_images_of_any_channel_count(name: str) -> None:
+    from fvexp import params
+
+    for channels in (1, 4):
+        images = getattr(params, name)(2, 32, channels=channels)()
+        assert images.shape == (2, channels, 32, 32) and 0 <= images.min() and images.max() <= 1
+    shared = params.Shared(2, 32, base=params.Fourier, channels=5)()
+    assert shared.shape == (2, 5, 32, 32)
