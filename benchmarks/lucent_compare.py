@@ -7,19 +7,22 @@ parameterization with colour decorrelation, Lucid's standard transforms (pad 12,
 `fvexp.core.render`, with the pieces `fvexp objective=channel objective.layer=_blocks.8
 objective.channel=5` instantiates (conf/param/fourier.yaml, conf/transforms/standard.yaml,
 conf/optimizer/adam.yaml). Lucent's side is `lucent.optvis.render.render_vis` called as a user calls
-it, on the same FeatureModel instance (which normalizes its own input, so Lucent gets
+it, on a copy of the same FeatureModel (which normalizes its own input, so Lucent gets
 `preprocess=False` and both feed the network identical inputs), with `param.image(224)` (its Fourier
 + decorrelation), `transform.standard_transforms`, Adam at 0.05, `thresholds=(steps,)` and
 `show_image=False`; the hooks it leaves on every module are removed after each call.
 
-A forward pre-hook on the model stamps the time at which each step's forward pass starts, the same
-stamp for both libraries; a step's time is the gap between two stamps (the first two of each run are
-warm-up and dropped). The libraries alternate which goes first from round to round, and after each
-run the network alone (forward and backward, no parameterization, transforms or optimizer) is timed
-at the image sizes that run fed it, to split the difference into network work and everything else.
-Other processes on the machine slow whichever run they overlap, so the script prints every round,
-the median of the rounds' ratios and the ratio of the fastest runs beside the ratio of the medians.
-The objective both reach is measured on the final images with fvexp's metrics.
+A forward pre-hook on each model stamps the start of every step's forward pass, the same stamp for
+both libraries. By default the two runs go in lock-step, in two threads that take turns step by
+step (an fvexp step, a Lucent step, an fvexp step, ...), each library on its own copy of the model,
+and a step's time is the span from the moment its run gets the turn to the start of its next
+forward pass: whatever else loads the machine hits both libraries alike, step by step.
+`--sequential` instead runs the two one after the other in each round (alternating which goes
+first), a step's time being the gap between two stamps. The first two steps of each run are dropped.
+Each round, the network alone (forward and backward, no parameterization, transforms or optimizer)
+is also timed at the image sizes that round's runs fed it, alternating pass by pass, to split the
+difference into network work and everything else. The objective both reach is measured on the
+final images with fvexp's metrics.
 
 Lucent needs an old kornia (<= 0.4.1) and pulls ipython, pytest, coveralls and more, so it lives in
 its own virtualenv, never in the project's (about 2.5 min, ~5 GB with torch's CUDA wheels):
@@ -32,16 +35,17 @@ its own virtualenv, never in the project's (about 2.5 min, ~5 GB with torch's CU
 from __future__ import annotations
 
 import argparse
-import contextlib
+import copy
 import os
 import statistics
+import threading
 import time
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 import numpy as np
 import torch
-from torch import nn
+from torch import Tensor, nn
 
 from fvexp import objectives
 from fvexp.core import render
@@ -64,32 +68,58 @@ except ImportError:
 
 LAYER, CHANNEL, SIZE, LR = "_blocks.8", 5, 224, 0.05
 WARMUP_STEPS = 2  # per run: dropped from the step times
+SIDES = ("fvexp", "lucent")
+
+
+class Turns:
+    """Two runs in two threads taking turns step by step: while one steps, the other waits."""
+
+    def __init__(self) -> None:
+        self.cond = threading.Condition()
+        self.turn = SIDES[0]
+        self.done: set[str] = set()
+
+    @staticmethod
+    def other(name: str) -> str:
+        return SIDES[1 - SIDES.index(name)]
+
+    def pass_on(self, name: str) -> None:
+        """Give the turn to the other run and wait until it comes back (or the other run has ended)."""
+        with self.cond:
+            self.turn = self.other(name)
+            self.cond.notify_all()
+            self.cond.wait_for(lambda: self.turn == name or self.other(name) in self.done)
+
+    def finish(self, name: str) -> None:
+        with self.cond:
+            self.done.add(name)
+            self.turn = self.other(name)
+            self.cond.notify_all()
 
 
 class Stamps:
-    """Times and input sides of the model's forward passes: one per optimization step in both libraries."""
+    """A forward pre-hook: one call per optimization step in both libraries. Records each step's time
+    (from getting the turn, or from the previous stamp, to this stamp) and the side of the image fed.
+    """
 
-    def __init__(self) -> None:
-        self.times: list[float] = []
+    def __init__(self, name: str, turns: Turns | None) -> None:
+        self.name, self.turns = name, turns
+        self.step_ms: list[float] = []
         self.sides: list[int] = []
+        self.resumed: float | None = None
 
-    def __call__(self, module: nn.Module, args: tuple[torch.Tensor, ...]) -> None:
+    def __call__(self, module: nn.Module, args: tuple[Tensor, ...]) -> None:
         sync(args[0].device)
-        self.times.append(time.perf_counter())
+        now = time.perf_counter()
+        if self.resumed is not None:
+            self.step_ms.append(1000 * (now - self.resumed))
         self.sides.append(args[0].shape[-1])
+        if self.turns:
+            self.turns.pass_on(self.name)
+        self.resumed = time.perf_counter()
 
-    def step_ms(self) -> list[float]:
-        return [1000 * (b - a) for a, b in zip(self.times, self.times[1:], strict=False)][WARMUP_STEPS:]
-
-
-@contextlib.contextmanager
-def stamping(model: nn.Module) -> Iterator[Stamps]:
-    stamps = Stamps()
-    handle = model.register_forward_pre_hook(stamps)
-    try:
-        yield stamps
-    finally:
-        handle.remove()
+    def steps(self) -> list[float]:
+        return self.step_ms[WARMUP_STEPS:]
 
 
 def sync(device: torch.device) -> None:
@@ -97,115 +127,146 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def run_fvexp(model: FeatureModel, objective: Objective, steps: int, seed: int) -> tuple[Stamps, float, torch.Tensor]:
-    """One fvexp run through the real core, with the pieces conf/param/fourier.yaml, conf/transforms/standard.yaml
-    and conf/optimizer/adam.yaml instantiate; returns the stamps, the whole call's ms/step and the image.
+def run_fvexp(model: FeatureModel, objective: Objective, steps: int, seed: int) -> Tensor:
+    """One fvexp run through the real core, with the pieces conf/param/fourier.yaml,
+    conf/transforms/standard.yaml and conf/optimizer/adam.yaml instantiate; returns the final image.
     """
     torch.manual_seed(seed)
     param = Fourier(1, SIZE, sd=0.01, decay_power=1.0, decorrelate=True).to(model.device)
-    kept: list[torch.Tensor] = []
-    with stamping(model) as stamps:
-        start = time.perf_counter()
-        result = render(model, objective, param, standard(), lambda params: torch.optim.Adam(params, lr=LR), steps,
-                        seed, thresholds=(steps,), on_threshold=lambda step, image: kept.append(image.cpu()),
-                        progress=False)
-        sync(model.device)
-        whole = 1000 * (time.perf_counter() - start) / steps
-    return stamps, whole, result.image
+    kept: list[Tensor] = []
+    result = render(model, objective, param, standard(), lambda params: torch.optim.Adam(params, lr=LR), steps,
+                    seed, thresholds=(steps,), on_threshold=lambda step, image: kept.append(image.cpu()),
+                    progress=False)
+    return result.image
 
 
-def run_lucent(model: FeatureModel, steps: int, seed: int) -> tuple[Stamps, float, torch.Tensor]:
-    """One render_vis call as a user makes it; its hooks (on every module, never removed) are removed after."""
+def run_lucent(model: FeatureModel, steps: int, seed: int) -> Tensor:
+    """One render_vis call as a user makes it; returns the final image.
+
+    render_vis hooks every module of the model and never removes the hooks, so repeated calls on one
+    model pile them up; they are removed after each call here.
+    """
     torch.manual_seed(seed)
     np.random.seed(seed)  # Lucent's transforms draw from numpy's global generator
     before = {module: set(module._forward_hooks) for module in model.modules()}
     try:
-        with stamping(model) as stamps:
-            start = time.perf_counter()
-            images = lucent_render.render_vis(
-                model, f"net_{LAYER.replace('.', '_')}:{CHANNEL}",
-                param_f=lambda: lucent_param.image(SIZE, fft=True, decorrelate=True),
-                optimizer=lambda params: torch.optim.Adam(params, lr=LR),
-                transforms=lucent_transform.standard_transforms, thresholds=(steps,), preprocess=False,
-                show_image=False, progress=False)
-            sync(model.device)
-            whole = 1000 * (time.perf_counter() - start) / steps
+        images = lucent_render.render_vis(
+            model, f"net_{LAYER.replace('.', '_')}:{CHANNEL}",
+            param_f=lambda: lucent_param.image(SIZE, fft=True, decorrelate=True),
+            optimizer=lambda params: torch.optim.Adam(params, lr=LR),
+            transforms=lucent_transform.standard_transforms, thresholds=(steps,), preprocess=False,
+            show_image=False, progress=False)
     finally:
         for module in model.modules():
             for key in set(module._forward_hooks) - before[module]:
                 del module._forward_hooks[key]
-    return stamps, whole, torch.from_numpy(images[-1]).permute(0, 3, 1, 2).to(model.device)
+    return torch.from_numpy(images[-1]).permute(0, 3, 1, 2).to(model.device)
 
 
-def lucent_hook_count(model: FeatureModel) -> int:
-    """How many modules Lucent's render_vis hooks: every module under the model, recursively."""
-    return sum(1 for name, _ in model.named_modules() if name)
+def one_round(runs: dict[str, Callable[[], Tensor]], models: dict[str, FeatureModel], lockstep: bool,
+              order: tuple[str, ...]) -> tuple[dict[str, Stamps], dict[str, Tensor]]:
+    """Run both libraries once, in lock-step threads or one after the other in `order`."""
+    turns = Turns() if lockstep else None
+    if turns:
+        turns.turn = order[0]
+    stamps = {name: Stamps(name, turns) for name in SIDES}
+    images: dict[str, Tensor] = {}
+    errors: list[BaseException] = []
 
-
-def network_ms(model: FeatureModel, sides: list[int], early_stop: bool) -> list[float]:
-    """Forward and backward of the network alone at `sides`, with the gradient from the objective's channel.
-
-    `early_stop`: fvexp's way (the forward pass ends at the objective's layer); else Lucent's (the whole
-    network runs forward, the backward pass starts at the layer).
-    """
-    seen: list[torch.Tensor] = []
-    handle = None if early_stop else model.layer(LAYER).register_forward_hook(lambda m, i, out: seen.append(out))
-    times = []
-    try:
-        with model.reading([LAYER] if early_stop else []) as read:
-            for side in sides:
-                image = torch.rand(1, 3, side, side, device=model.device, requires_grad=True)
-                seen.clear()
-                sync(model.device)
-                start = time.perf_counter()
-                if early_stop:
-                    act = read(image)[LAYER]
-                else:
-                    model(image)
-                    act = seen[0]
-                act[:, CHANNEL].mean().backward()
-                sync(model.device)
-                times.append(1000 * (time.perf_counter() - start))
-    finally:
-        if handle:
+    def go(name: str) -> None:
+        handle = models[name].register_forward_pre_hook(stamps[name])
+        try:
+            images[name] = runs[name]()
+        except BaseException as error:
+            errors.append(error)
+        finally:
             handle.remove()
-    return times[WARMUP_STEPS:]
+            if turns:
+                turns.finish(name)
+
+    if turns:
+        threads = [threading.Thread(target=go, args=(name,)) for name in order]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+    else:
+        for name in order:
+            go(name)
+    if errors:
+        raise errors[0]
+    return stamps, images
+
+
+def network_ms(models: dict[str, FeatureModel], sides: dict[str, list[int]]) -> dict[str, list[float]]:
+    """Forward and backward of the network alone at each run's image sides, the two ways alternating pass by pass.
+
+    fvexp's way ends the forward pass at the objective's layer; Lucent's runs the whole network forward.
+    Both back-propagate from the objective's channel to the image.
+    """
+    seen: list[Tensor] = []
+    handle = models["lucent"].layer(LAYER).register_forward_hook(lambda m, i, out: seen.append(out))
+    times: dict[str, list[float]] = {name: [] for name in SIDES}
+    try:
+        with models["fvexp"].reading([LAYER]) as read:
+            for pair in zip(sides["fvexp"], sides["lucent"], strict=False):
+                for name, side in zip(SIDES, pair, strict=True):
+                    model = models[name]
+                    image = torch.rand(1, 3, side, side, device=model.device, requires_grad=True)
+                    seen.clear()
+                    sync(model.device)
+                    start = time.perf_counter()
+                    if name == "fvexp":
+                        act = read(image)[LAYER]
+                    else:
+                        model(image)
+                        act = seen[0]
+                    act[:, CHANNEL].mean().backward()
+                    sync(model.device)
+                    times[name].append(1000 * (time.perf_counter() - start))
+    finally:
+        handle.remove()
+    return {name: t[WARMUP_STEPS:] for name, t in times.items()}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--steps", type=int, default=40, help="steps per run")
-    parser.add_argument("--rounds", type=int, default=5, help="runs per library, alternating which goes first")
-    parser.add_argument("--threads", type=int, default=2, help="torch CPU threads for both")
+    parser.add_argument("--rounds", type=int, default=5, help="runs per library, with seeds 0, 1, ...")
+    parser.add_argument("--threads", type=int, default=2, help="torch CPU threads (both libraries)")
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda (Lucent uses cuda:0 whenever there is one)")
+    parser.add_argument("--sequential", action="store_true", help="run the libraries one after the other, "
+                        "not in lock-step")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     device = resolve_device(args.device)
-    model = efficientnet_lite().to(device)
+    models = {"fvexp": efficientnet_lite().to(device)}
+    models["lucent"] = copy.deepcopy(models["fvexp"])  # the same weights; Lucent's hooks stay off fvexp's copy
     objective = objectives.channel(LAYER, CHANNEL)
-    check_fits(model, objective, standard(), SIZE)  # as fvexp/run.py does before rendering
-    sides: dict[str, Callable[[int], tuple[Stamps, float, torch.Tensor]]] = {
-        "fvexp": lambda seed: run_fvexp(model, objective, args.steps, seed),
-        "lucent": lambda seed: run_lucent(model, args.steps, seed),
-    }
-    for side in sides.values():  # warm-up: allocator, kernels, lazy imports
-        side(0)
-    load = os.getloadavg()[0]
-    step, whole, net, fed = ({name: [] for name in sides} for _ in range(4))
-    finals: dict[str, list[dict[str, float]]] = {name: [] for name in sides}
-    for r in range(args.rounds):
-        for name in (["fvexp", "lucent"] if r % 2 == 0 else ["lucent", "fvexp"]):
-            stamps, ms, image = sides[name](r)
-            step[name].append(statistics.median(stamps.step_ms()))
-            whole[name].append(ms)
-            fed[name] += stamps.sides
-            net[name].append(statistics.median(network_ms(model, stamps.sides, early_stop=name == "fvexp")))
-            finals[name].append(quality(model, objective, image, [], 0, None))
-    assert all(not module._forward_hooks for module in model.net.modules()), "hooks left on the model"
+    check_fits(models["fvexp"], objective, standard(), SIZE)  # as fvexp/run.py does before rendering
 
+    def runs(seed: int) -> dict[str, Callable[[], Tensor]]:
+        return {"fvexp": lambda: run_fvexp(models["fvexp"], objective, args.steps, seed),
+                "lucent": lambda: run_lucent(models["lucent"], args.steps, seed)}
+
+    one_round(runs(0), models, not args.sequential, SIDES)  # warm-up: allocator, kernels, lazy imports
+    load = os.getloadavg()[0]
+    step, net, fed = ({name: [] for name in SIDES} for _ in range(3))
+    finals: dict[str, list[dict[str, float]]] = {name: [] for name in SIDES}
+    for r in range(args.rounds):
+        stamps, images = one_round(runs(r), models, not args.sequential, SIDES if r % 2 == 0 else SIDES[::-1])
+        bare = network_ms(models, {name: stamps[name].sides for name in SIDES})
+        for name in SIDES:
+            step[name].append(statistics.median(stamps[name].steps()))
+            net[name].append(statistics.median(bare[name]))
+            fed[name] += stamps[name].sides
+            finals[name].append(quality(models[name], objective, images[name], [], 0, None))
+    assert not any(module._forward_hooks for model in models.values() for module in model.net.modules())
+
+    mode = "one after the other" if args.sequential else "in lock-step, step by step"
     print(f"device: {device} ({torch.get_num_threads()} threads), torch {torch.__version__}; load average "
           f"{load:.1f} -> {os.getloadavg()[0]:.1f}; {args.rounds} rounds of {args.steps} steps per library, "
-          f"the first {WARMUP_STEPS} steps of each run dropped")
+          f"{mode}; the first {WARMUP_STEPS} steps of each run dropped")
     print(f"run: channel {LAYER}:{CHANNEL}, {SIZE} px, batch 1, fourier + decorrelation, standard transforms, "
           f"Adam lr {LR}")
     print("round   fvexp ms/step  Lucent ms/step  ratio   network alone: fvexp  Lucent")
@@ -217,11 +278,8 @@ def main() -> None:
           f"{statistics.median(net['lucent']):6.1f}")
     ratios = [b / a for a, b in zip(step["fvexp"], step["lucent"], strict=True)]
     print(f"speedup, fvexp over Lucent: {lu / fv:.2f}x (medians), {statistics.median(ratios):.2f}x (median of the "
-          f"rounds' ratios), {min(step['lucent']) / min(step['fvexp']):.2f}x (fastest runs)  [goal >= 1.4]")
-    fv_whole, lu_whole = statistics.median(whole["fvexp"]), statistics.median(whole["lucent"])
-    print(f"whole call / steps (set-up, warm-up steps and threshold copy included): fvexp {fv_whole:.1f} ms, "
-          f"Lucent {lu_whole:.1f} ms, {lu_whole / fv_whole:.2f}x")
-    for name in sides:
+          f"rounds' ratios), {min(step['lucent']) / min(step['fvexp']):.2f}x (fastest rounds)  [goal >= 1.4]")
+    for name in SIDES:
         plain, moved = (statistics.mean(m[key] for m in finals[name])
                         for key in ("objective_untransformed", "objective_transformed"))
         print(f"{name:6s} final image, channel mean: untransformed {plain:.2f}, over 16 draws of the standard "
@@ -229,10 +287,11 @@ def main() -> None:
     print(f"image side fed to the network: fvexp {min(fed['fvexp'])}..{max(fed['fvexp'])} px "
           f"(mean {statistics.mean(fed['fvexp']):.0f}), Lucent {min(fed['lucent'])}..{max(fed['lucent'])} px "
           f"(mean {statistics.mean(fed['lucent']):.0f})")
-    print(f"network alone there: fvexp stops the forward pass after {LAYER}, Lucent runs the whole network; "
-          f"Lucent hooks {lucent_hook_count(model)} modules per render_vis, fvexp {len(objective.network_layers)}")
-    rest = {name: statistics.median(s - n for s, n in zip(step[name], net[name], strict=True)) for name in sides}
-    print(f"everything else per step (step - network, median over rounds): fvexp {rest['fvexp']:.1f} ms, "
+    hooked = sum(1 for name, _ in models["lucent"].named_modules() if name)
+    print(f"network alone: fvexp stops the forward pass after {LAYER}, Lucent runs the whole network; "
+          f"Lucent's render_vis hooks {hooked} modules, fvexp {len(objective.network_layers)}")
+    rest = {name: statistics.median(s - n for s, n in zip(step[name], net[name], strict=True)) for name in SIDES}
+    print(f"everything else per step (step - network alone, median over rounds): fvexp {rest['fvexp']:.1f} ms, "
           f"Lucent {rest['lucent']:.1f} ms")
 
 

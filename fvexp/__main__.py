@@ -24,9 +24,13 @@ def _job(cfg: DictConfig) -> None:
 
 
 def main() -> None:
+    from fvexp.sweeps import ended
+
     register()
     _job()
-    sys.exit(max(_exit_codes, default=0))
+    # Jobs that ran in other processes (joblib, Ray, SLURM) left no exit code here: the sweep's parent counted them
+    outside = [{"FAILED": 1, "KILLED": 130}.get(status, 0) for status in ended]
+    sys.exit(max(_exit_codes or outside, default=0))
 
 
 if __name__ == "__main__":

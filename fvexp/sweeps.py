@@ -15,6 +15,7 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
 PARENT, CHILD = "parent", "job"
+ended: list[str] = []  # the MLflow status of each job of this process's sweep, as its parent counted them
 
 
 def sweep_key(hydra: DictConfig) -> str:
@@ -67,6 +68,7 @@ class MlflowSweep(Callback):
             return
         jobs = tracker.client.search_runs([experiment], f"tags.`mlflow.parentRunId` = '{parent}'", max_results=5000)
         statuses = [job.info.status for job in jobs]
+        ended.extend(statuses)
         for status in ("FINISHED", "FAILED", "KILLED"):
             tracker.client.set_tag(parent, f"fvexp.jobs.{status.lower()}", str(statuses.count(status)))
         tracker.client.set_terminated(parent, "FINISHED" if "FINISHED" in statuses else "FAILED")

@@ -84,10 +84,10 @@ def check_sweep(store: Path, sweep_root: Path) -> None:
 
 
 def test_a_sweep_on_a_local_ray_cluster(tmp_path: Path, ray_dir: Path) -> None:
-    """`hydra/launcher=ray` starts a Ray cluster on this machine for the sweep, and it ends with the sweep."""
+    """`hydra/launcher=ray_local` starts a Ray cluster on this machine for the sweep, and it ends with the sweep."""
     started = time.monotonic()
-    done = fvexp("-m", "hydra/launcher=ray", *SWEEP, f"+hydra.launcher.ray.init._temp_dir={ray_dir}", cwd=tmp_path,
-                 timeout=300)
+    done = fvexp("-m", "hydra/launcher=ray_local", *SWEEP, f"+hydra.launcher.ray.init._temp_dir={ray_dir}",
+                 cwd=tmp_path, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     assert "Started a local Ray instance" in done.stderr and time.monotonic() - started < 240
     assert done.stdout.count("/image.png") == 2  # the jobs' output, forwarded by Ray to the sweep's terminal
@@ -108,33 +108,33 @@ def test_a_sweep_on_an_existing_ray_cluster(tmp_path: Path, ray_dir: Path) -> No
     also works, but its server now and then fails to start a session on a busy machine, so it is not tested here.
     """
     auth = {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(16)}  # not the one in ~/.ray
-    port = free_port()
-    ray = Path(sys.executable).with_name("ray")
-    cluster = subprocess.Popen([str(ray), "start", "--head", "--block", "--node-ip-address=127.0.0.1",
-                                f"--port={port}", f"--ray-client-server-port={free_port()}",
-                                f"--dashboard-port={free_port()}", f"--dashboard-agent-listen-port={free_port()}",
-                                "--include-dashboard=false",
-                                "--num-cpus=2", "--disable-usage-stats", f"--temp-dir={ray_dir}"],
-                               cwd=ray_dir, env={**os.environ, **auth, "RAY_USAGE_STATS_ENABLED": "0",
-                                    "RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S": "0"},  # no 30 s drain on SIGTERM
-                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    port, log = free_port(), ray_dir / "ray-start.log"
+    env = {**os.environ, **auth, "RAY_USAGE_STATS_ENABLED": "0",
+           "RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S": "0"}  # SIGTERM ends it at once, without 30 s of draining
+    with log.open("w") as output:
+        cluster = subprocess.Popen([str(Path(sys.executable).with_name("ray")), "start", "--head", "--block",
+                                    "--node-ip-address=127.0.0.1", f"--port={port}", "--num-cpus=2",
+                                    f"--ray-client-server-port={free_port()}", f"--dashboard-port={free_port()}",
+                                    f"--dashboard-agent-listen-port={free_port()}", "--include-dashboard=false",
+                                    "--disable-usage-stats", f"--temp-dir={ray_dir}"],
+                                   cwd=ray_dir, env=env, stdout=output, stderr=subprocess.STDOUT,
+                                   start_new_session=True)
     try:
-        log = []
-        for line in cluster.stdout:  # until the cluster is up; --block keeps it running
-            log.append(line)
-            if "Ray runtime started" in line:
-                break
-        else:
-            pytest.fail("".join(log)[-3000:])
-        # the sweep folder as an absolute path: a job of the cluster runs in the cluster's folder (here ray_dir)
-        done = fvexp("-m", "hydra/launcher=ray_cluster", f"hydra.launcher.ray.init.address=127.0.0.1:{port}",
-                     "hydra.sweep.dir=${hydra.runtime.cwd}/outputs/multirun/${now:%Y-%m-%d}/${now:%H-%M-%S}", *SWEEP,
+        deadline = time.monotonic() + 120
+        while "Ray runtime started" not in log.read_text():  # --block: it runs until it is sent SIGTERM
+            assert cluster.poll() is None and time.monotonic() < deadline, log.read_text()[-3000:]
+            time.sleep(0.5)
+        # a job of the cluster runs in the cluster's folder (here ray_dir): the default sweep folder is absolute
+        done = fvexp("-m", "hydra/launcher=ray_cluster", f"hydra.launcher.ray.init.address=127.0.0.1:{port}", *SWEEP,
                      cwd=tmp_path, env=auth, timeout=300)
         assert done.returncode == 0, done.stderr[-3000:]
         assert "Started a local Ray instance" not in done.stderr
         check_sweep(tmp_path / "outputs" / "mlflow.db", tmp_path / "outputs")
         assert not list(ray_dir.glob("outputs"))
     finally:
-        os.killpg(cluster.pid, signal.SIGTERM)  # `ray start --block` ends the cluster's processes, by its own id
-        cluster.communicate(timeout=60)
-    assert left_behind(ray_dir, tmp_path) == []
+        cluster.terminate()  # `ray start --block` ends the processes it started
+        cluster.wait(timeout=60)
+        stray = left_behind(ray_dir, tmp_path)
+        if stray:
+            os.killpg(cluster.pid, signal.SIGKILL)  # its session, which holds all of them
+    assert stray == []
