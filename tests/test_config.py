@@ -6,15 +6,16 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 from hydra import compose, initialize_config_dir
 from hydra.errors import ConfigCompositionException
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from fvexp.config import register, thresholds, validate
 from fvexp.errors import FvexpError
-from fvexp.run import build
+from fvexp.run import build, build_param
 from tests.conftest import ROOT, fvexp
 
 register()
@@ -61,11 +62,13 @@ def test_every_option_composes_and_instantiates(group: str, option: str, referen
     validate(cfg)
     if group == "experiment":
         return  # an experiment only sets other groups, which are instantiated below
-    built = build(cfg[group])
-    if group == "param":
-        images = built(batch=2, size=32)()
+    if group == "param":  # as a run builds it: `param.init` is fvexp's, the rest the class's
+        images = build_param(OmegaConf.merge(cfg, {"render": {"size": 32}}), SimpleNamespace(image_channels=3,
+                                                                                            device="cpu"), 2)()
         assert images.shape == (2, 3, 32, 32)
-    elif group == "optimizer":
+        return
+    built = build(cfg[group])
+    if group == "optimizer":
         import torch
 
         assert isinstance(built([torch.nn.Parameter(torch.zeros(1))]), torch.optim.Optimizer)

@@ -136,7 +136,7 @@ def test_maco_keeps_its_magnitude_and_lowres_is_smooth() -> None:
 
 def test_shared_parts_make_neighbouring_images_alike() -> None:
     torch.manual_seed(0)
-    shared = Shared(4, 32, base=lambda batch, size: Fourier(batch, size, sd=0.0))
+    shared = Shared(4, 32, base=lambda batch, size, channels: Fourier(batch, size, sd=0.0, channels=channels))
     for part in shared.shared:
         torch.nn.init.normal_(part.coarse)
     raw = shared.raw()
