@@ -22,9 +22,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def command(*overrides: str, cwd: str) -> float:
+def command(*args: str, cwd: str) -> float:
     started = time.perf_counter()
-    subprocess.run([sys.executable, "-m", "fvexp", "progress=false", *overrides], cwd=cwd, check=True,
+    subprocess.run([sys.executable, "-m", "fvexp", *args, "progress=false"], cwd=cwd, check=True,
                    capture_output=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
     return time.perf_counter() - started
 
