@@ -213,13 +213,14 @@ class Maco(Param):
 
 def average_magnitude(source: str | Sequence[str], size: int) -> Tensor:
     """Mean FFT magnitude (3, size, size//2+1) of the images in a folder or a list of files."""
-    from fvexp.images import SUFFIXES, load
+    from fvexp.data import scan
+    from fvexp.images import load
 
     files: list[Path] = []
     for path in map(Path, [source] if isinstance(source, str) else source):
-        files += [f for f in sorted(path.rglob("*")) if f.suffix.lower() in SUFFIXES] if path.is_dir() else [path]
+        files += scan(path, key="param.spectrum_from") if path.is_dir() else [path]
     if not files:
-        raise FvexpError(f"param.spectrum_from={source!r} holds no images ({', '.join(sorted(SUFFIXES))})")
+        raise FvexpError("param.spectrum_from is an empty list; give an image folder or a list of image files")
     images = torch.cat([load(f, size, key="param.spectrum_from") for f in files])
     return torch.fft.rfft2(images - images.mean((2, 3), keepdim=True)).abs().mean(0)
 
