@@ -46,7 +46,7 @@ def main() -> None:
                   f"{one_by_one:.1f} s, gallery with {per_batch} per batch {batched:.1f} s: "
                   f"{one_by_one / batched:.2f}x faster (goal >= 3x)")
 
-        from fvexp.demo import build
+        from fvexp.tools.demo import build
 
         build(Path(tmp) / "photos")
         images = len(list((Path(tmp) / "photos").rglob("*.*")))

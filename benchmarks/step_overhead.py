@@ -16,12 +16,12 @@ import time
 
 import torch
 
-from fvexp import objectives
-from fvexp.core import render
-from fvexp.models import efficientnet_lite
-from fvexp.params import Fourier
-from fvexp.run import resolve_device
-from fvexp.transforms import standard
+from fvexp.app.build import resolve_device
+from fvexp.optvis import objectives
+from fvexp.optvis.models import efficientnet_lite
+from fvexp.optvis.params import Fourier
+from fvexp.optvis.render import render
+from fvexp.optvis.transforms import standard
 
 
 def sync(device: torch.device) -> None:

@@ -16,16 +16,17 @@ import time
 
 import torch
 
-from fvexp import objectives
-from fvexp.core import render
-from fvexp.images import picture
-from fvexp.models import efficientnet_lite
-from fvexp.params import Fourier
-from fvexp.tracking import MlflowTracker, NullTracker
-from fvexp.transforms import standard
+from fvexp.app.recorder import Recorder
+from fvexp.optvis import objectives
+from fvexp.optvis.images import picture
+from fvexp.optvis.models import efficientnet_lite
+from fvexp.optvis.params import Fourier
+from fvexp.optvis.render import render
+from fvexp.optvis.transforms import standard
+from fvexp.tracking.writer import MlflowTracker
 
 
-def timed_run(model, tracker: NullTracker, steps: int) -> float:
+def timed_run(model, tracker: Recorder, steps: int) -> float:
     """Seconds for one default run (channel _blocks.8:5, fourier, standard transforms, 224 px)."""
     torch.manual_seed(0)
     thresholds = {2**k for k in range(4, 12)} | {steps}
@@ -44,11 +45,11 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=2)
     args = parser.parse_args()
     model = efficientnet_lite()
-    timed_run(model, NullTracker(), 8)  # warm-up
+    timed_run(model, Recorder(), 8)  # warm-up
     plain, tracked = [], []
     with tempfile.TemporaryDirectory() as tmp:
         for _ in range(args.rounds):
-            plain.append(timed_run(model, NullTracker(), args.steps))
+            plain.append(timed_run(model, Recorder(), args.steps))
             tracked.append(timed_run(model, MlflowTracker(uri=f"sqlite:///{tmp}/store.db"), args.steps))
     p, t = statistics.median(plain), statistics.median(tracked)
     print(f"{args.steps}-step run untracked: median {p:.2f} s; tracked in MLflow (SQLite): median {t:.2f} s")

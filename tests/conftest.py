@@ -11,7 +11,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from fvexp.models import FeatureModel, efficientnet_lite
+from fvexp.optvis.models import FeatureModel, efficientnet_lite
 
 ROOT = Path(__file__).resolve().parents[1]
 PHOTOS = ["astronaut", "chelsea", "coffee", "rocket", "hubble_deep_field", "immunohistochemistry"]
@@ -57,8 +57,8 @@ def fvexp(*args: str, cwd: Path, env: dict[str, str] | None = None, timeout: int
 
 @pytest.fixture(scope="session")
 def demo_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A small nested image folder from scikit-image's photos and their crops (84 images), as `fvexp.demo` builds."""
-    from fvexp.demo import build
+    """A small nested image folder from scikit-image's photos and their crops (84 images), as `fvexp.tools.demo` builds."""
+    from fvexp.tools.demo import build
 
     folder = tmp_path_factory.mktemp("demo_photos")
     build(folder, ["chelsea", "coffee", "rocket", "brick", "coins", "colorwheel"])

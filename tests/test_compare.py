@@ -8,8 +8,8 @@ from types import SimpleNamespace
 import pytest
 from PIL import Image
 
-from fvexp.compare import Cell, axes, sheets
 from fvexp.errors import FvexpError
+from fvexp.tools.compare import Cell, axes, sheets
 
 
 def cell(status: str = "FINISHED", **overrides: str) -> Cell:

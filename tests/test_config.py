@@ -13,9 +13,9 @@ from hydra import compose, initialize_config_dir
 from hydra.errors import ConfigCompositionException
 from omegaconf import DictConfig, OmegaConf
 
-from fvexp.config import register, thresholds, validate
+from fvexp.app.build import build, build_param
+from fvexp.app.schema import register, thresholds, validate
 from fvexp.errors import FvexpError
-from fvexp.run import build, build_param
 from tests.conftest import ROOT, fvexp
 
 register()

@@ -5,11 +5,11 @@ from __future__ import annotations
 import pytest
 import torch
 
-from fvexp import objectives
-from fvexp.core import NonFiniteObjective, render
-from fvexp.objectives import Objective
-from fvexp.params import Fourier
-from fvexp.transforms import Compose, Jitter
+from fvexp.optvis import objectives
+from fvexp.optvis.objectives import Objective
+from fvexp.optvis.params import Fourier
+from fvexp.optvis.render import NonFiniteObjective, render
+from fvexp.optvis.transforms import Compose, Jitter
 
 
 def adam(params):
@@ -82,7 +82,7 @@ def test_forward_stops_after_the_last_needed_layer(model) -> None:
 
 
 def test_tracking_retries_a_locked_sqlite_store() -> None:
-    from fvexp.tracking import Retrying
+    from fvexp.tracking.writer import Retrying
 
     calls = []
 

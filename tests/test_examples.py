@@ -12,12 +12,12 @@ import numpy as np
 import pytest
 import torch
 
-from fvexp import examples, sanity
-from fvexp.data import open_image, scan
+from fvexp.app.gallery import parse_channels
 from fvexp.errors import FvexpError
-from fvexp.gallery import parse_channels
-from fvexp.objectives import channel, neuron, per_image
-from fvexp.params import Fourier, Pixel, fit
+from fvexp.optvis import examples, sanity
+from fvexp.optvis.data import open_image, scan
+from fvexp.optvis.objectives import channel, neuron, per_image
+from fvexp.optvis.params import Fourier, Pixel, fit
 
 LAYER = "_blocks.8"
 
@@ -98,7 +98,7 @@ def test_neuron_examples_rank_by_the_centre_and_class_examples_by_the_logit(mode
     unit = neuron(LAYER, 5).unit
     acts = acts_of(model, demo_folder, tmp_path / "cache", unit)
     assert {e.position for e in examples.select(acts, unit, 3, 1)["top"]} == {(7, 7)}
-    from fvexp.objectives import class_prob
+    from fvexp.optvis.objectives import class_prob
 
     logits = class_prob("Egyptian cat", "_fc").unit
     acts = acts_of(model, demo_folder, tmp_path / "cache", logits)

@@ -14,7 +14,7 @@ import mlflow
 import pytest
 import torch
 
-from fvexp.data import open_image
+from fvexp.optvis.data import open_image
 from tests.conftest import ROOT, fvexp
 
 pytestmark = pytest.mark.slow

@@ -15,7 +15,7 @@ from PIL import Image
 from torch import nn
 
 from fvexp.errors import FvexpError
-from fvexp.models import custom, torchvision_model
+from fvexp.optvis.models import custom, torchvision_model
 from tests.conftest import ROOT, fvexp
 
 
@@ -112,7 +112,7 @@ def test_runs_with_a_torchvision_model_and_a_target_model(tmp_path: Path, resnet
 
 @pytest.mark.slow
 def test_layers_lists_shapes_and_channels(tmp_path: Path) -> None:
-    done = subprocess.run([sys.executable, "-m", "fvexp.layers", "render.size=224"], cwd=tmp_path, text=True,
+    done = subprocess.run([sys.executable, "-m", "fvexp.tools.layers", "render.size=224"], cwd=tmp_path, text=True,
                           capture_output=True, env={**__import__("os").environ, "PYTHONPATH": str(ROOT)})
     assert done.returncode == 0, done.stderr
     lines = {line.split()[0]: line.split() for line in done.stdout.splitlines()[2:]}

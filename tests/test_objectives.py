@@ -5,10 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from fvexp import objectives
+from fvexp.app.build import check_fits
 from fvexp.errors import FvexpError
-from fvexp.run import check_fits
-from fvexp.transforms import Compose, Jitter, Pad
+from fvexp.optvis import objectives
+from fvexp.optvis.transforms import Compose, Jitter, Pad
 
 ACTS = {"a": torch.arange(2 * 3 * 4 * 4, dtype=torch.float32).view(2, 3, 4, 4), "logits": torch.tensor([[1.0, 2.0]])}
 

@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from fvexp.params import COLOR_CORRELATION, Fourier, Pixel, to_rgb
+from fvexp.optvis.params import COLOR_CORRELATION, Fourier, Pixel, to_rgb
 
 
 @pytest.mark.parametrize("make", [Pixel, Fourier, lambda b, s: Fourier(b, s, decorrelate=False),
@@ -51,7 +51,7 @@ def test_colour_decorrelation_is_lucids_normalized_matrix() -> None:
 
 @pytest.mark.parametrize("name", ["Pixel", "Fourier", "LowRes", "LaplacianPyramid", "CPPN", "Maco"])
 def test_every_parameterization_makes_images_of_any_channel_count(name: str) -> None:
-    from fvexp import params
+    from fvexp.optvis import params
 
     for channels in (1, 4):
         images = getattr(params, name)(2, 32, channels=channels)()

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from fvexp.claims import PRESETS
+from fvexp.tools.claims import PRESETS
 from tests.conftest import ROOT, fvexp
 
 JOBS = {"enemy": 2, "regularization": 7, "preconditioning": 7, "diversity": 2, "interaction": 3, "logits": 3,
@@ -29,7 +29,7 @@ def test_every_preset_smoke_runs_and_is_tabulated(tmp_path: Path) -> None:
         assert done.returncode == 0, done.stderr[-2000:]
         assert len([line for line in done.stdout.splitlines() if line.endswith("image.png")]) == jobs, preset
     docs = tmp_path / "docs"
-    done = subprocess.run([sys.executable, "-m", "fvexp.claims", "--store", store, "--out", str(docs)],
+    done = subprocess.run([sys.executable, "-m", "fvexp.tools.claims", "--store", store, "--out", str(docs)],
                           cwd=tmp_path, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
     assert done.returncode == 0, done.stderr
     text = (docs / "claims.md").read_text()

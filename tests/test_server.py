@@ -1,4 +1,4 @@
-"""The shared tracking server: `python -m fvexp.server` on PostgreSQL, and a sweep logged to it over HTTP.
+"""The shared tracking server: `python -m fvexp.tools.server` on PostgreSQL, and a sweep logged to it over HTTP.
 
 PostgreSQL comes from $FVEXP_TEST_POSTGRES (`.ci/run` installs Debian's and sets it), else the same
 default address; without one the tests that need it are skipped, saying so.
@@ -35,7 +35,7 @@ def free_port() -> int:
 
 
 def server_command(*args: str) -> list[str]:
-    return [sys.executable, "-m", "fvexp.server", *args]
+    return [sys.executable, "-m", "fvexp.tools.server", *args]
 
 
 ENV = {**os.environ, "PYTHONPATH": str(ROOT)}
@@ -81,7 +81,7 @@ def database(postgres: str) -> Iterator[str]:
 
 @pytest.fixture
 def server(database: str, tmp_path: Path) -> Iterator[tuple[str, Path]]:
-    """`python -m fvexp.server` on the fresh database and a new artifact folder: (URL, artifact folder)."""
+    """`python -m fvexp.tools.server` on the fresh database and a new artifact folder: (URL, artifact folder)."""
     port, artifacts, log = free_port(), tmp_path / "artifacts", tmp_path / "server.log"
     with log.open("w") as out:
         process = subprocess.Popen(server_command("--backend-store-uri", database, "--artifacts-destination",

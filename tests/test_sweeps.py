@@ -1,4 +1,4 @@
-"""Sweeps as parent runs, `fvexp.compare` contact sheets, `fvexp.reproduce` bitwise, the MLflow UI."""
+"""Sweeps as parent runs, `fvexp.tools.compare` contact sheets, `fvexp.tools.reproduce` bitwise, the MLflow UI."""
 
 from __future__ import annotations
 
@@ -104,7 +104,8 @@ def test_reproduce_is_bitwise_and_names_what_changed(sweep) -> None:
 
 
 def test_reproduce_names_a_changed_library_version(sweep, monkeypatch) -> None:
-    from fvexp import environment, reproduce
+    from fvexp.optvis import environment
+    from fvexp.tools import reproduce
 
     folder, store = sweep
     child = next(r for r in all_runs(store) if r.data.tags.get("fvexp.role") == "job")

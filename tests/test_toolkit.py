@@ -8,12 +8,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from fvexp import objectives, regularizers
 from fvexp.errors import FvexpError
-from fvexp.metrics import high_frequency_energy, spectral_slope, steps_to_fraction
-from fvexp.objectives import INPUT
-from fvexp.optimizers import SteepestDescent, decorrelate
-from fvexp.params import CPPN, Fourier, LaplacianPyramid, LowRes, Maco, Pixel, Shared, gaussian_blur
+from fvexp.optvis import objectives, regularizers
+from fvexp.optvis.metrics import high_frequency_energy, spectral_slope, steps_to_fraction
+from fvexp.optvis.objectives import INPUT
+from fvexp.optvis.optimizers import SteepestDescent, decorrelate
+from fvexp.optvis.params import CPPN, Fourier, LaplacianPyramid, LowRes, Maco, Pixel, Shared, gaussian_blur
 
 torch.manual_seed(0)
 ACTS = {"a": torch.randn(3, 4, 5, 5)}
@@ -21,7 +21,7 @@ ACTS = {"a": torch.randn(3, 4, 5, 5)}
 
 def noise_with_slope(size: int, power: float, seed: int = 0) -> torch.Tensor:
     """Grey noise whose amplitude spectrum falls as 1/f^power (power spectrum slope −2·power)."""
-    from fvexp.params import spectrum_scale
+    from fvexp.optvis.params import spectrum_scale
 
     g = torch.Generator().manual_seed(seed)
     spectrum = torch.complex(torch.randn(1, 1, size, size // 2 + 1, generator=g),
@@ -83,7 +83,7 @@ def test_style_and_inversion_match_their_reference(model, tmp_path: Path) -> Non
 
     path = tmp_path / "coffee.png"
     Image.fromarray(skimage.data.coffee()).save(path)
-    from fvexp.images import load
+    from fvexp.optvis.images import load
 
     reference, other = load(path, 96, key="test"), torch.rand(1, 3, 96, 96)
     for objective in (objectives.inversion("_blocks.4", str(path), 96),

@@ -7,13 +7,13 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
-from fvexp.transforms import Compose, Crop, Jitter, Pad, Rotate, Scale, standard
+from fvexp.optvis.transforms import Compose, Crop, Jitter, Pad, Rotate, Scale, standard
 from tests.conftest import ROOT
 
 
 def preset(name: str) -> Compose:
     node = OmegaConf.load(ROOT / "conf" / "transforms" / f"{name}.yaml")
-    return instantiate({"_target_": "fvexp.transforms.Compose", "pieces": node.pieces})
+    return instantiate({"_target_": "fvexp.optvis.transforms.Compose", "pieces": node.pieces})
 
 
 def test_the_robustness_yardstick_is_the_standard_preset() -> None:
@@ -26,7 +26,7 @@ def test_the_robustness_yardstick_is_the_standard_preset() -> None:
 def test_a_piece_set_to_null_is_dropped() -> None:
     node = OmegaConf.load(ROOT / "conf" / "transforms" / "standard.yaml")
     node.pieces.rotate = None
-    transforms = instantiate({"_target_": "fvexp.transforms.Compose", "pieces": node.pieces})
+    transforms = instantiate({"_target_": "fvexp.optvis.transforms.Compose", "pieces": node.pieces})
     assert [type(p).__name__ for p in transforms.pieces] == ["Pad", "Jitter", "Scale", "Jitter"]
 
 

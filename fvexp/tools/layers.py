@@ -1,6 +1,6 @@
 """List a model's layers with their output shape and channel count, to pick `objective.layer`.
 
-    python -m fvexp.layers [model=torchvision model.name=resnet18 ...] [render.size=224]
+    python -m fvexp.tools.layers [model=torchvision model.name=resnet18 ...] [render.size=224]
 
 Takes the same overrides as `fvexp`. A layer is usable when it runs exactly once per forward pass
 and gives a (batch, channels, h, w) map or a (batch, features) vector.
@@ -14,11 +14,11 @@ import torch
 from hydra import compose, initialize_config_dir
 from torch import nn
 
-from fvexp.__main__ import CONF
-from fvexp.config import register
+from fvexp.app.build import build
+from fvexp.app.places import config_dir
+from fvexp.app.schema import register
 from fvexp.errors import FvexpError
-from fvexp.models import FeatureModel
-from fvexp.run import build
+from fvexp.optvis.models import FeatureModel
 
 
 @torch.no_grad()
@@ -54,7 +54,7 @@ def main(argv: list[str] | None = None) -> None:
     register()
     overrides = sys.argv[1:] if argv is None else argv
     try:
-        with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
             cfg = compose("config", overrides=overrides)
         model = build(cfg.model)
         rows = table(model, cfg.render.size)

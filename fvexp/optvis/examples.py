@@ -31,11 +31,11 @@ from PIL import Image
 from torch import Tensor
 from tqdm import tqdm
 
-from fvexp.data import PREPROCESSING, batches, fingerprint, open_image, scan
 from fvexp.errors import FvexpError
-from fvexp.images import contact_sheet, histogram, stack, to_pil
-from fvexp.models import FeatureModel
-from fvexp.objectives import Objective, Unit
+from fvexp.optvis.data import PREPROCESSING, batches, fingerprint, open_image, scan
+from fvexp.optvis.images import contact_sheet, histogram, stack, to_pil
+from fvexp.optvis.models import FeatureModel
+from fvexp.optvis.objectives import Objective, Unit
 
 CELL = 128  # pixels of one example in the strips
 

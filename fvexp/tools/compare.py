@@ -1,8 +1,8 @@
 """Compare the runs of a sweep at a glance: a contact sheet, CSV and Markdown tables, an HTML page.
 
-    python -m fvexp.compare                          # the latest sweep in the store
-    python -m fvexp.compare PARENT_RUN_ID            # one sweep
-    python -m fvexp.compare --experiment fvexp --filter "params.`param._target_` = 'fvexp.params.Pixel'"
+    python -m fvexp.tools.compare                          # the latest sweep in the store
+    python -m fvexp.tools.compare PARENT_RUN_ID            # one sweep
+    python -m fvexp.tools.compare --experiment fvexp --filter "params.`param._target_` = 'fvexp.optvis.params.Pixel'"
 
 The sheet is a grid whose rows and columns are the overrides that vary across the runs (chosen
 automatically, or by --rows/--cols), each cell labelled with its overrides and a metric. Failed
@@ -27,9 +27,8 @@ from typing import Any
 from PIL import Image, ImageDraw
 
 from fvexp.errors import FvexpError
-from fvexp.images import contact_sheet
-from fvexp.sweeps import PARENT
-from fvexp.tracking import default_store, get_run, reader
+from fvexp.optvis.images import contact_sheet
+from fvexp.tracking.store import PARENT, default_store, get_run, reader
 
 SIDE = 192
 WRAP = 8  # cells across, at most, when only the columns vary

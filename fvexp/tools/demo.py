@@ -1,6 +1,6 @@
 """Build a small image folder for trying dataset examples offline, from scikit-image's sample photos.
 
-    python -m fvexp.demo outputs/demo_photos
+    python -m fvexp.tools.demo outputs/demo_photos
 
 Each photo is written whole and as crops (four halves' corners and a 3×3 grid of thirds), in one
 sub-folder per photo: about 270 images of cats, coffee, rockets, bricks, gravel, coins, text and

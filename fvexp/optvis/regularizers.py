@@ -13,8 +13,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from fvexp.objectives import INPUT, Objective
-from fvexp.params import gaussian_blur
+from fvexp.optvis.objectives import INPUT, Objective
+from fvexp.optvis.params import gaussian_blur
 
 
 def _penalty(name: str, penalty: Callable[[Tensor], Tensor]) -> Objective:

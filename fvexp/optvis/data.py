@@ -19,7 +19,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
 from fvexp.errors import FvexpError
-from fvexp.images import SUFFIXES
+from fvexp.optvis.images import SUFFIXES
 
 PREPROCESSING = "rgb, shorter side resized (bicubic, antialiased) to size, centre crop size×size, [0, 1]"
 

@@ -10,10 +10,10 @@ import itertools
 import torch
 from torch import Tensor
 
-from fvexp.models import FeatureModel
-from fvexp.objectives import INPUT, Objective, gram_cosines
-from fvexp.regularizers import tv
-from fvexp.transforms import standard
+from fvexp.optvis.models import FeatureModel
+from fvexp.optvis.objectives import INPUT, Objective, gram_cosines
+from fvexp.optvis.regularizers import tv
+from fvexp.optvis.transforms import standard
 
 ROBUSTNESS_DRAWS = 16
 

@@ -19,8 +19,8 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from fvexp.errors import FvexpError, unknown
-from fvexp.images import load
-from fvexp.models import FeatureModel, class_names
+from fvexp.optvis.images import load
+from fvexp.optvis.models import LOGITS, FeatureModel, class_names
 
 Shapes = Mapping[str, torch.Size]
 Prepare = Callable[["FeatureModel", Shapes], None]
@@ -157,14 +157,14 @@ def layer(layer: str) -> Objective:
     return Objective(lambda acts: acts[layer].pow(2).flatten(1).mean(1), frozenset({layer}), f"layer {layer}")
 
 
-def class_logit(label: int | str, layer: str, classes: str = "imagenet") -> Objective:
+def class_logit(label: int | str, layer: str = LOGITS, classes: str = "imagenet") -> Objective:
     """A class's pre-softmax logit, which the article finds gives better images than probability."""
     index = class_index(label, classes)
     return Objective(lambda acts: acts[layer][:, index], frozenset({layer}), f"logit {label}",
                      (_check_channel(layer, index),), Unit(layer, index))
 
 
-def class_prob(label: int | str, layer: str, classes: str = "imagenet") -> Objective:
+def class_prob(label: int | str, layer: str = LOGITS, classes: str = "imagenet") -> Objective:
     """A class's softmax probability: rises most easily by making other classes unlikely."""
     index = class_index(label, classes)
     return Objective(
@@ -190,7 +190,7 @@ def class_index(label: int | str, classes: str) -> int:
     raise unknown("class label", label, names, hint="objective.label takes a class name or an index")
 
 
-def class_logsumexp(label: int | str, layer: str, classes: str = "imagenet") -> Objective:
+def class_logsumexp(label: int | str, layer: str = LOGITS, classes: str = "imagenet") -> Objective:
     """A class's log-probability, logit − LogSumExp(logits): softmax's ranking without its flat gradients."""
     index = class_index(label, classes)
     return Objective(

@@ -9,16 +9,15 @@ from __future__ import annotations
 import sys
 from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import torch
 from torch import Tensor, nn
 from tqdm import tqdm
 
 from fvexp.errors import FvexpError
-from fvexp.models import FeatureModel
-from fvexp.objectives import INPUT, Objective
-from fvexp.transforms import Compose
+from fvexp.optvis.models import FeatureModel
+from fvexp.optvis.objectives import INPUT, Objective
+from fvexp.optvis.transforms import Compose
 
 OptimizerFactory = Callable[[list[nn.Parameter]], torch.optim.Optimizer]
 
@@ -41,7 +40,6 @@ class NonFiniteObjective(FvexpError):
             "was finite. Lower optimizer.lr, or check the objective for a division by zero or a log of 0"
         )
         self.step, self.image, self.values = step, image, values
-        self.kept: Path | None = None  # where the run saved `image`
 
 
 def render(

@@ -213,8 +213,8 @@ class Maco(Param):
 
 def average_magnitude(source: str | Sequence[str], size: int) -> Tensor:
     """Mean FFT magnitude (3, size, size//2+1) of the images in a folder or a list of files."""
-    from fvexp.data import scan
-    from fvexp.images import load
+    from fvexp.optvis.data import scan
+    from fvexp.optvis.images import load
 
     files: list[Path] = []
     for path in map(Path, [source] if isinstance(source, str) else source):

@@ -1,6 +1,6 @@
 """Where a run ran: code, library versions, device and determinism, recorded next to every run.
 
-The tags are what `fvexp.reproduce` compares to explain a difference; the files (pip freeze, the
+The tags are what `fvexp.tools.reproduce` compares to explain a difference; the files (pip freeze, the
 uncommitted diff) are stored as artifacts because they are too long for tags.
 """
 
@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-SOURCE_DIR = Path(__file__).resolve().parent
+SOURCE_DIR = Path(__file__).resolve().parents[1]  # the fvexp package
 PACKAGES = ("fvexp", "torch", "torchvision", "numpy", "mlflow", "hydra-core", "omegaconf", "pillow")
 
 

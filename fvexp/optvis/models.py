@@ -18,6 +18,7 @@ from torch import Tensor, nn
 from fvexp.errors import FvexpError, unknown
 
 Activations = dict[str, Tensor]
+LOGITS = "logits"  # not a layer name: whichever layer gives the model's logits (`FeatureModel.logits_layer`)
 LUMA = torch.tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)
 
 
@@ -26,8 +27,9 @@ class FeatureModel(nn.Module):
 
     `min_size` is the smallest input in pixels that gives the network's last feature map a full
     position (its total stride); `classes` names the output classes, index by index, and
-    `logits_layer` is the layer whose output is the logits; `weights_path` the file the weights
-    came from, whose checksum is recorded with every run.
+    `logits_layer` is the layer whose output is the logits (empty: the last `nn.Linear`), which
+    objectives may call `logits`; `weights_path` the file the weights came from, whose checksum
+    is recorded with every run.
     """
 
     def __init__(
@@ -49,7 +51,9 @@ class FeatureModel(nn.Module):
         self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1))
         self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1))
         self.classes = list(classes)
-        self.logits_layer, self.min_size, self.weights_path = logits_layer, min_size, weights_path
+        linears = [name for name, module in net.named_modules() if isinstance(module, nn.Linear)]
+        self.logits_layer = logits_layer or (linears[-1] if linears else "")
+        self.min_size, self.weights_path = min_size, weights_path
         self.autocast: torch.dtype | None = None  # bf16/fp16 mixed precision for the network; None: fp32
         self.eval()
 
@@ -76,6 +80,10 @@ class FeatureModel(nn.Module):
     def layer(self, name: str) -> nn.Module:
         modules = dict(self.net.named_modules())
         modules.pop("", None)
+        if name == LOGITS and name not in modules:
+            if not self.logits_layer:
+                raise FvexpError("this model has no logits layer (no nn.Linear); name it with model.logits_layer")
+            name = self.logits_layer
         if name not in modules:
             raise unknown("layer", name, modules, hint="Layers are paths in model.named_modules()")
         return modules[name]
@@ -246,9 +254,7 @@ def torchvision_model(
     path = weights_path or (hub_weights(name, weights) if weights else None)
     if path:
         load_weights(net, path, name)
-    linears = [n for n, m in net.named_modules() if isinstance(m, nn.Linear)]
-    return FeatureModel(net, mean, std, class_names(classes), logits_layer or (linears[-1] if linears else ""),
-                        min_size, path)
+    return FeatureModel(net, mean, std, class_names(classes), logits_layer, min_size, path)
 
 
 def hub_weights(name: str, tag: str) -> str:

@@ -1,6 +1,6 @@
 """A shared MLflow tracking server: runs in PostgreSQL, artifacts in one folder served over HTTP.
 
-    python -m fvexp.server --backend-store-uri postgresql://fvexp:PASSWORD@127.0.0.1:5432/fvexp \\
+    python -m fvexp.tools.server --backend-store-uri postgresql://fvexp:PASSWORD@127.0.0.1:5432/fvexp \\
         --artifacts-destination /srv/fvexp/artifacts --host 0.0.0.0 --port 5000
 
 Jobs on several machines (joblib, SLURM, a colleague's laptop) then log to one store with
@@ -84,7 +84,7 @@ def destination(value: str) -> str:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m fvexp.server", description=__doc__, allow_abbrev=False,
+    parser = argparse.ArgumentParser(prog="python -m fvexp.tools.server", description=__doc__, allow_abbrev=False,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--backend-store-uri", required=True,
                         help="where runs are stored: postgresql://USER:PASSWORD@HOST:PORT/DATABASE")

@@ -4,23 +4,25 @@ The parent is created by a Hydra callback before any job starts and is found by 
 its sweep key (the sweep folder's absolute path, which Hydra gives every job of a sweep), looked up
 as a tag in the tracking store: no environment variable is involved, so a job launched on another
 machine finds its parent as long as it logs to the same store.
+
+When the jobs have ended, the callback counts them by status on the parent and in `jobs.json` in
+the sweep folder, which is how the command learns the exit code of jobs that ran in other
+processes (joblib, Ray, SLURM).
 """
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
 from hydra.experimental.callback import Callback
+from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-PARENT, CHILD = "parent", "job"
-ended: list[str] = []  # the MLflow status of each job of this process's sweep, as its parent counted them
-
-
-def sweep_key(hydra: DictConfig) -> str:
-    """The sweep folder as an absolute path (from Hydra's node): the same for every job of one sweep."""
-    return str((Path(hydra.runtime.cwd) / hydra.sweep.dir).resolve())
+from fvexp.app.cli import JOBS_FILE, sweep_key
+from fvexp.tracking.store import PARENT, find_parent
+from fvexp.tracking.writer import MlflowTracker
 
 
 def sweep_name(config: DictConfig) -> str:
@@ -29,13 +31,6 @@ def sweep_name(config: DictConfig) -> str:
     skip = set(config.hydra.job.config.override_dirname.exclude_keys)
     overrides = " ".join(o for o in config.hydra.overrides.task if o.split("=", 1)[0].lstrip("+~") not in skip)
     return f"sweep {experiment}" if experiment else f"sweep {overrides}".strip()
-
-
-def find_parent(client: Any, experiment_id: str, key: str) -> str | None:
-    """The id of the oldest parent run of the sweep `key`, if one exists."""
-    runs = client.search_runs([experiment_id], f"tags.`fvexp.role` = '{PARENT}' and tags.`fvexp.sweep` = '{key}'",
-                              order_by=["attributes.start_time ASC"], max_results=1)
-    return runs[0].info.run_id if runs else None
 
 
 class MlflowSweep(Callback):
@@ -63,21 +58,20 @@ class MlflowSweep(Callback):
         if tracker is None:
             return
         experiment = tracker.experiment_id()
-        parent = find_parent(tracker.client, experiment, sweep_key(config.hydra))
+        key = sweep_key(config.hydra)
+        parent = find_parent(tracker.client, experiment, key)
         if parent is None:
             return
         jobs = tracker.client.search_runs([experiment], f"tags.`mlflow.parentRunId` = '{parent}'", max_results=5000)
         statuses = [job.info.status for job in jobs]
-        ended.extend(statuses)
-        for status in ("FINISHED", "FAILED", "KILLED"):
-            tracker.client.set_tag(parent, f"fvexp.jobs.{status.lower()}", str(statuses.count(status)))
-        tracker.client.set_terminated(parent, "FINISHED" if "FINISHED" in statuses else "FAILED")
+        counts = {status: statuses.count(status) for status in ("FINISHED", "FAILED", "KILLED")}
+        for status, count in counts.items():
+            tracker.client.set_tag(parent, f"fvexp.jobs.{status.lower()}", str(count))
+        tracker.client.set_terminated(parent, "FINISHED" if counts["FINISHED"] else "FAILED")
+        Path(key).mkdir(parents=True, exist_ok=True)
+        (Path(key) / JOBS_FILE).write_text(json.dumps({"parent_run_id": parent, **counts}, indent=2) + "\n")
 
     @staticmethod
-    def _tracker(config: DictConfig):
-        from hydra.utils import instantiate
-
-        from fvexp.tracking import MlflowTracker
-
+    def _tracker(config: DictConfig) -> MlflowTracker | None:
         tracker = instantiate(config.tracking)
         return tracker if isinstance(tracker, MlflowTracker) else None

@@ -1,4 +1,4 @@
-"""Experiment tracking: every run becomes an MLflow run, so ablations can be compared side by side.
+"""The MLflow writer: every run becomes an MLflow run, so ablations can be compared side by side.
 
 MLflow is imported only inside `MlflowTracker`, because importing it costs over a second and
 `fvexp --help` or `tracking=none` should not pay for it.
@@ -14,37 +14,11 @@ from typing import Any
 
 from PIL import Image
 
-from fvexp.errors import FvexpError
+from fvexp.app.places import launch_dir
+from fvexp.app.recorder import Recorder
+from fvexp.tracking.store import CHILD, default_store, find_parent
 
 METRIC_BATCH = 100  # per-step metrics are sent in batches, not one database write per step
-
-
-class NullTracker:
-    """Records nothing beyond the run folder (`tracking=none`); the interface every tracker has."""
-
-    run_id: str | None = None
-
-    def start(self, name: str | None, params: Mapping[str, Any], tags: Mapping[str, str],
-              files: Mapping[str, str]) -> None:
-        """Begin a run called `name` with flat `params`, `tags`, and `files` (artifact name -> text)."""
-
-    def log_step(self, step: int, value: float) -> None:
-        """The objective after `step`."""
-
-    def log_image(self, image: Image.Image, step: int) -> None:
-        """An image along the way, shown by the UI's step slider."""
-
-    def log_metrics(self, metrics: Mapping[str, float]) -> None:
-        """Summary numbers of the finished run."""
-
-    def log_file(self, path: Path, folder: str | None = None) -> None:
-        """A file from the run folder."""
-
-    def set_tags(self, tags: Mapping[str, str]) -> None:
-        """Tags known only once the run is under way (the weights' checksum, say)."""
-
-    def finish(self, status: str, error: str | None = None) -> None:
-        """End the run as FINISHED, FAILED or KILLED, keeping everything logged so far."""
 
 
 class Retrying:
@@ -75,43 +49,12 @@ class Retrying:
         return call
 
 
-def reader(store: str) -> Any:
-    """An MLflow client for reading a store (compare, reproduce, claims), without download progress bars."""
-    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
-    import mlflow
-
-    return mlflow.MlflowClient(store)
-
-
-def get_run(client: Any, run_id: str, store: str) -> Any:
-    """The run `run_id`, or an error that says it is not in this store and how to name another."""
-    from mlflow.exceptions import MlflowException
-
-    try:
-        return client.get_run(run_id)
-    except MlflowException:
-        raise FvexpError(f"no run {run_id!r} in the store {store}; if it was logged elsewhere, pass that store "
-                         "with --store or MLFLOW_TRACKING_URI") from None
-
-
-def launch_dir() -> Path:
-    """The folder the command was started from, also when a job runs in its own folder."""
-    from hydra.core.hydra_config import HydraConfig
-
-    return Path(HydraConfig.get().runtime.cwd if HydraConfig.initialized() else os.getcwd()).resolve()
-
-
-def default_store() -> str:
-    """The SQLite store in `outputs/` of the folder fvexp was started from."""
-    return f"sqlite:///{launch_dir() / 'outputs' / 'mlflow.db'}"
-
-
-class MlflowTracker(NullTracker):
+class MlflowTracker(Recorder):
     """Logs to MLflow: `uri`, else $MLFLOW_TRACKING_URI, else `outputs/mlflow.db` where fvexp started.
 
     The default store is a SQLite file with artifacts beside it in `outputs/mlartifacts`, shared by
     every run and sweep started from the same folder, so `mlflow ui` on it shows them all. A run of
-    a sweep becomes a child of the sweep's parent run (see `fvexp.sweeps`).
+    a sweep becomes a child of the sweep's parent run (see `fvexp.tracking.sweeps`).
     """
 
     def __init__(self, uri: str | None = None, experiment: str = "fvexp", run_name: str | None = None) -> None:
@@ -153,8 +96,6 @@ class MlflowTracker(NullTracker):
 
     def start(self, name: str | None, params: Mapping[str, Any], tags: Mapping[str, str],
               files: Mapping[str, str]) -> None:
-        from fvexp.sweeps import CHILD, find_parent
-
         tags = dict(tags)
         if tags.get("fvexp.sweep"):
             tags["fvexp.role"] = CHILD

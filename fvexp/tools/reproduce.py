@@ -1,6 +1,6 @@
 """Re-run one run from its MLflow record alone, and say whether the picture came out the same.
 
-    python -m fvexp.reproduce RUN_ID [--store URI] [--threads N]
+    python -m fvexp.tools.reproduce RUN_ID [--store URI] [--threads N]
 
 The resolved config is read from the run's `config.yaml` artifact (not from any local folder),
 run again into a new MLflow run tagged `fvexp.reproduces=RUN_ID`, and its final image is compared
@@ -25,7 +25,8 @@ import yaml
 from PIL import Image
 
 from fvexp.errors import FvexpError
-from fvexp.tracking import default_store, get_run, reader
+from fvexp.optvis.environment import git
+from fvexp.tracking.store import default_store, get_run, reader
 
 NEEDED_TAGS = ("git.commit", "python.version", "torch.version", "torchvision.version", "numpy.version",
                "mlflow.version", "device", "torch.threads", "weights.sha256")
@@ -50,7 +51,8 @@ def main(argv: list[str] | None = None) -> None:
 def reproduce(run_id: str, store: str, threads: int | None, out: Path) -> tuple[bool, str]:
     from omegaconf import OmegaConf
 
-    from fvexp.run import run
+    from fvexp.app.job import execute
+    from fvexp.app.result import Job
 
     client = reader(store)
     source = get_run(client, run_id, store)
@@ -63,13 +65,20 @@ def reproduce(run_id: str, store: str, threads: int | None, out: Path) -> tuple[
         raise FvexpError(f"run {run_id} cannot be reproduced: its record lacks the tag(s) {', '.join(missing)} "
                          "(it was logged by an older fvexp, or not by fvexp)")
     cfg.threads = threads or int(source.data.tags["torch.threads"])  # as recorded, unless asked otherwise
-    cfg.tracking = {"_target_": "fvexp.tracking.MlflowTracker", "uri": store,
+    cfg.tracking = {"_target_": "fvexp.tracking.writer.MlflowTracker", "uri": store,
                     "experiment": client.get_experiment(source.info.experiment_id).name, "run_name": None}
     cfg.progress = False
     target = out / f"{run_id}-{time.strftime('%Y%m%d-%H%M%S')}"
     overrides = source.data.tags.get("overrides", "").split()
-    image, _ = run(cfg, target, overrides, name=f"reproduce {source.info.run_name}",
-                   tags={"fvexp.reproduces": run_id})
+    job = Job(target, overrides, name=f"reproduce {source.info.run_name}", tags={"fvexp.reproduces": run_id})
+    try:
+        image = execute(cfg, job).path
+    except FvexpError as error:
+        recorded_commit, commit = source.data.tags["git.commit"], git("rev-parse", "HEAD") or "unknown"
+        if recorded_commit != commit:
+            raise FvexpError(f"{error} (run {run_id} was recorded at commit {recorded_commit}, this is {commit}: "
+                             f"check out {recorded_commit} to reproduce it)") from None
+        raise
     new_run = client.search_runs([source.info.experiment_id], f"tags.`fvexp.reproduces` = '{run_id}'",
                                  order_by=["attributes.start_time DESC"], max_results=1)[0]
     again = np.asarray(Image.open(image).convert("RGB"), dtype=np.int16)

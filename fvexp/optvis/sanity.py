@@ -25,9 +25,9 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from fvexp.data import open_image
-from fvexp.examples import Activations, Example
-from fvexp.models import FeatureModel
+from fvexp.optvis.data import open_image
+from fvexp.optvis.examples import Activations, Example
+from fvexp.optvis.models import FeatureModel
 
 SAMPLE = 8  # random images drawn as the floor
 

@@ -25,22 +25,25 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from PIL import Image
 
-from fvexp import examples
-from fvexp.core import render
+from fvexp.app.build import build, build_objective, build_param, cache_dir, check_fits, model_key
+from fvexp.app.places import launch_dir
+from fvexp.app.recorder import Recorder
+from fvexp.app.result import Job, Result
 from fvexp.errors import FvexpError
-from fvexp.images import contact_sheet, save
-from fvexp.models import FeatureModel
-from fvexp.objectives import INPUT, Objective, per_image
-from fvexp.run import build, build_param, cache_dir, check_fits, extra_terms, model_key
-from fvexp.tracking import NullTracker, launch_dir
-from fvexp.transforms import Compose
+from fvexp.optvis import examples
+from fvexp.optvis.images import contact_sheet, save
+from fvexp.optvis.models import FeatureModel
+from fvexp.optvis.objectives import INPUT, Objective, per_image
+from fvexp.optvis.render import render
+from fvexp.optvis.transforms import Compose
 
 COLUMNS = 16
 EXAMPLES_SHOWN = 4  # top dataset examples beside each channel on the page
 
 
-def gallery(cfg: DictConfig, model: FeatureModel, out_dir: Path, tracker: NullTracker) -> tuple[Path, bool]:
+def gallery(cfg: DictConfig, model: FeatureModel, job: Job, tracker: Recorder) -> Result:
     """Visualize the channels batch by batch into the gallery folder, then write the sheet and the page."""
+
     if "channel" not in cfg.objective:
         raise FvexpError("task=gallery visualizes the channels of a layer; use objective=channel or objective=neuron "
                          "with objective.layer=...")
@@ -59,27 +62,28 @@ def gallery(cfg: DictConfig, model: FeatureModel, out_dir: Path, tracker: NullTr
     try:
         for number, batch in enumerate(batches):
             if batch not in done:
-                interrupted = not visualize(cfg, model, transforms, tracker, folder, number, batch)
+                interrupted = not render_batch(cfg, model, transforms, tracker, folder, number, batch)
             if interrupted:
                 break
     except KeyboardInterrupt:  # between two batches' optimizations: what is finished is kept all the same
         interrupted = True
     shown = [c for c in channels if finished(folder, c)]
-    sheet, page = write(cfg, model, folder, layer, shown, out_dir, with_examples=not interrupted)
-    tracker.log_metrics({"gallery.channels": len(shown), "gallery.channels_requested": len(channels)})
+    sheet, page = write(cfg, model, folder, layer, shown, job.out_dir, with_examples=not interrupted)
+    metrics = {"gallery.channels": len(shown), "gallery.channels_requested": len(channels)}
+    tracker.log_metrics(metrics)
     tracker.log_file(sheet)
     tracker.log_file(page)
-    return sheet, interrupted
+    return Result(None, metrics=metrics, path=sheet, status="KILLED" if interrupted else "FINISHED")
 
 
-def visualize(cfg: DictConfig, model: FeatureModel, transforms: Compose, tracker: NullTracker, folder: Path,
+def render_batch(cfg: DictConfig, model: FeatureModel, transforms: Compose, tracker: Recorder, folder: Path,
               number: int, batch: list[int]) -> bool:
     """Optimize batch `number` (image i for channel batch[i]) and keep it; False if interrupted.
 
     A batch is kept whole or not at all, so a rerun redoes an interrupted one.
     """
     main = per_image([build(cfg.objective, channel=c) for c in batch])
-    objective = main + sum(weight * build(term) for weight, term in extra_terms(cfg, main))
+    objective = build_objective(cfg, main)
     check_fits(model, objective, transforms, cfg.render.size)
     torch.manual_seed(cfg.seed + number)
     param = build_param(cfg, model, len(batch))
@@ -175,7 +179,7 @@ figure>img{{width:224px}} img.ex{{width:54px;margin:1px}} figcaption{{font-size:
 def top_examples(cfg: DictConfig, model: FeatureModel, channels: list[int]) -> dict[int, list[tuple[Image.Image, str]]]:
     """Each channel's top dataset example crops, from one pass (or the cache) over `data.dir`."""
     unit = examples.unit_of(build(cfg.objective, channel=channels[0]), "task=gallery with data.dir")
-    acts = examples.activations(model, unit, cfg.data, model_key(cfg), cache_dir(cfg), cfg.progress)
+    acts = examples.activations(model, unit, cfg.data, model_key(cfg, model), cache_dir(cfg), cfg.progress)
     crop = examples.receptive_field(model, layer=unit.layer, size=cfg.data.size)
     shown = {}
     for c in channels:

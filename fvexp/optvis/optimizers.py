@@ -14,7 +14,7 @@ import torch
 from torch import Tensor
 
 from fvexp.errors import FvexpError
-from fvexp.params import COLOR_CORRELATION, spectrum_scale
+from fvexp.optvis.params import COLOR_CORRELATION, spectrum_scale
 
 METRICS = ("l2", "linf", "decorrelated")
 

@@ -1,0 +1,162 @@
+"""From config to pieces: the one place where config nodes become the library's objects.
+
+Every task builds its objective, parameterization, transforms and optimizer here, so a new piece
+needs only its config; and every check that needs the model (an image too small for a layer, a
+device that does not exist) runs here before any optimization starts.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+from hydra.errors import InstantiationException
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from fvexp.app.places import launch_dir
+from fvexp.errors import FvexpError
+from fvexp.optvis.environment import sha256
+from fvexp.optvis.models import FeatureModel
+from fvexp.optvis.objectives import Objective
+from fvexp.optvis.transforms import Compose
+
+PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+PROBE_SIZE = 256  # a multiple of every stride, to read each layer's stride from its map size
+
+
+def build(node: DictConfig, **kwargs: Any) -> Any:
+    """`hydra.utils.instantiate`, but an fvexp error inside a constructor reaches the user unwrapped."""
+    try:
+        return instantiate(node, **kwargs)
+    except InstantiationException as error:
+        if isinstance(error.__cause__, FvexpError):
+            raise error.__cause__ from None
+        raise FvexpError(str(error).replace("\n", " ")) from None
+
+
+def build_model(cfg: DictConfig, device: torch.device) -> FeatureModel:
+    """The configured network on `device`, with the configured precision and memory layout."""
+    return configure(build(cfg.model), cfg, device)
+
+
+def configure(model: FeatureModel, cfg: DictConfig, device: torch.device) -> FeatureModel:
+    model = model.to(device)
+    model.autocast = PRECISIONS[cfg.precision]
+    return model.to(memory_format=torch.channels_last) if cfg.channels_last else model
+
+
+def build_objective(cfg: DictConfig, main: Objective) -> Objective:
+    """The main objective plus every weighted regularizer, diversity and alignment term."""
+    return main + sum(weight * build(term) for weight, term in extra_terms(cfg, main))
+
+
+def build_param(cfg: DictConfig, model: FeatureModel, batch: int) -> torch.nn.Module:
+    """The parameterization of `batch` images at `render.size` for the model's input channels, on its device.
+
+    `param.init` is fvexp's, not the class's.
+    """
+    node = OmegaConf.masked_copy(cfg.param, [k for k in cfg.param if k != "init"])
+    return build(node)(batch=batch, size=cfg.render.size, channels=model.image_channels).to(model.device)
+
+
+def extra_terms(cfg: DictConfig, main: Objective) -> Iterator[tuple[float, DictConfig]]:
+    """(weight, config) of every regularizer, diversity and alignment term whose weight is not 0.
+
+    Diversity and alignment default to the main objective's layer.
+    """
+    for term in cfg.regularizers.values():
+        if term.weight:
+            yield term.weight, OmegaConf.masked_copy(term, [k for k in term if k != "weight"])
+    for name in ("diversity", "alignment"):
+        term = cfg[name]
+        if term.weight:
+            layer = term.layer or sole_layer(main, f"{name}.layer")
+            settings = OmegaConf.masked_copy(term, [k for k in term if k not in ("weight", "layer")])
+            yield term.weight, OmegaConf.merge(settings, {"layer": layer})
+
+
+def sole_layer(objective: Objective, key: str) -> str:
+    layers = objective.network_layers
+    if len(layers) != 1:
+        raise FvexpError(f"{key} is needed: the objective reads {len(layers)} layers ({', '.join(layers)}), "
+                         "so there is no single layer to default to")
+    return layers[0]
+
+
+def gram_layer(cfg: DictConfig, main: Objective) -> str | None:
+    """The layer whose Gram matrices measure a batch's diversity: the diversity term's, or the objective's."""
+    layers = main.network_layers
+    return cfg.diversity.layer or (layers[0] if len(layers) == 1 else None)
+
+
+def check_fits(model: FeatureModel, objective: Objective, transforms: Compose, size: int) -> None:
+    """Reject an image too small for the objective's layers, then let the objective check itself.
+
+    A layer of stride s needs at least s pixels of image for one full position, both in the image
+    itself and in what the model sees after the transforms (which may crop it).
+    """
+    layers = objective.network_layers
+    at_probe = model.probe(layers, PROBE_SIZE)
+    needs = {layer: PROBE_SIZE // shape[-1] if len(shape) == 4 else model.min_size
+             for layer, shape in at_probe.items()}
+    layer, need = max(needs.items(), key=lambda item: item[1], default=("", 1))
+    seen = transforms.min_output(size)
+    if size < need or seen < need:
+        minimum = next(s for s in range(need, 100 * need + size) if transforms.min_output(s) >= need)
+        raise FvexpError(
+            f"render.size={size} is too small for layer {layer!r}, which needs at least {need} px of image "
+            f"(after the transforms the model may see only {max(seen, 0)} px); use render.size>={minimum}"
+        )
+    objective.prepare(model, model.probe(layers, seen))
+
+
+def resolve_device(name: str) -> torch.device:
+    """`auto` picks the GPU when there is one; a named device must exist on this machine."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise FvexpError(f"unknown device {name!r}; use auto, cpu, cuda, cuda:N or mps") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise FvexpError(f"device={name} but this machine has no usable CUDA GPU; use device=auto or device=cpu")
+    if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
+        raise FvexpError(f"device={name} does not exist: this machine has {torch.cuda.device_count()} GPU(s)")
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise FvexpError("device=mps but MPS is not available here; use device=auto or device=cpu")
+    return device
+
+
+def model_key(cfg: DictConfig, model: FeatureModel) -> str:
+    """What identifies the network for the activation cache: its config, weights checksum and precision."""
+    return json.dumps([OmegaConf.to_container(cfg.model, resolve=True), weights_digest(model), cfg.precision],
+                      sort_keys=True, default=str)
+
+
+def weights_digest(model: FeatureModel) -> str:
+    """The sha256 of the weights file, or of the weights themselves for a network built in memory."""
+    if model.weights_path:
+        return sha256(model.weights_path)
+    digest = hashlib.sha256()
+    for name, tensor in model.net.state_dict().items():
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+def cache_dir(cfg: DictConfig) -> Path:
+    return Path(cfg.data.cache_dir).expanduser() if cfg.data.cache_dir else launch_dir() / "outputs" / "cache"
+
+
+def flatten(tree: Mapping[str, Any], prefix: str = "") -> Iterator[tuple[str, Any]]:
+    """Nested config as (dotted.key, value) pairs, the form MLflow params take."""
+    for key, value in tree.items():
+        if isinstance(value, Mapping):
+            yield from flatten(value, f"{prefix}{key}.")
+        else:
+            yield f"{prefix}{key}", value

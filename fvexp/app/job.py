@@ -1,0 +1,171 @@
+"""One fvexp job: build the pieces from the config, check them, run the task, save and record.
+
+Whatever happens, what the run produced is kept: the images are saved, the recorder's run ends
+FINISHED, FAILED (with the error as a tag) or KILLED, and bad input gets one clear message. The
+command line (`fvexp.app.cli`) and the Python API (`fvexp.app.api`) both run jobs through `execute`.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+from torch import Tensor
+
+from fvexp.app.build import (
+    build,
+    build_model,
+    build_objective,
+    build_param,
+    cache_dir,
+    check_fits,
+    configure,
+    flatten,
+    gram_layer,
+    model_key,
+    resolve_device,
+)
+from fvexp.app.gallery import gallery
+from fvexp.app.recorder import Recorder
+from fvexp.app.result import Job, Result
+from fvexp.app.schema import thresholds, validate
+from fvexp.errors import FvexpError
+from fvexp.optvis import examples, sanity
+from fvexp.optvis.data import open_image
+from fvexp.optvis.environment import describe, sha256
+from fvexp.optvis.environment import files as environment_files
+from fvexp.optvis.images import picture, save
+from fvexp.optvis.metrics import quality
+from fvexp.optvis.models import FeatureModel
+from fvexp.optvis.objectives import Objective
+from fvexp.optvis.params import fit
+from fvexp.optvis.render import NonFiniteObjective, render
+
+Task = Callable[[DictConfig, FeatureModel, Job, Recorder], Result]
+
+
+def execute(cfg: DictConfig, job: Job) -> Result:
+    """Run the configured task into `job.out_dir` and record it; bad input raises `FvexpError`."""
+    validate(cfg)
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    device = resolve_device(cfg.device)
+    job.out_dir.mkdir(parents=True, exist_ok=True)
+    settings = OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
+    tracker: Recorder = build(cfg.tracking)
+    tracker.start(job.name, dict(flatten(settings)),
+                  {**describe(device), **job.tags, "overrides": " ".join(job.overrides)},
+                  {"config.yaml": OmegaConf.to_yaml(cfg, resolve=True),  # in order: transforms run in it
+                   "overrides.yaml": OmegaConf.to_yaml(OmegaConf.create(job.overrides)), **environment_files()})
+    try:
+        torch.manual_seed(cfg.seed)
+        model = configure(job.model, cfg, device) if job.model is not None else build_model(cfg, device)
+        if model.weights_path:
+            tracker.set_tags({"weights.sha256": sha256(model.weights_path)})
+        task: Task = {"render": render_task, "dataset_examples": examples_task, "gallery": gallery}[cfg.task.name]
+        result = task(cfg, model, job, tracker)
+    except KeyboardInterrupt:
+        tracker.finish("KILLED", "interrupted")
+        raise
+    except Exception as error:
+        tracker.finish("FAILED", str(error) if isinstance(error, FvexpError) else f"{type(error).__name__}: {error}")
+        raise
+    tracker.finish(result.status, result.error)
+    result.run_id = tracker.run_id
+    return result
+
+
+def render_task(cfg: DictConfig, model: FeatureModel, job: Job, tracker: Recorder) -> Result:
+    """`task=render`: optimize the image, save it and its metrics, and show dataset examples beside it."""
+    main: Objective = job.objective if job.objective is not None else build(cfg.objective)
+    objective = build_objective(cfg, main)
+    transforms = build(cfg.transforms)
+    check_fits(model, objective, transforms, cfg.render.size)
+    param = build_param(cfg, model, cfg.render.batch)
+    if cfg.param.init == "dataset_examples":
+        tracker.log_metrics(start_from_examples(cfg, model, main, param, job.out_dir))
+        tracker.log_file(job.out_dir / "init.json")
+
+    def keep(step: int, images: Tensor) -> None:
+        save(images, job.out_dir / "steps" / f"step_{step:05d}.png")
+        tracker.log_image(picture(images), step)
+
+    started = time.perf_counter()
+    try:
+        rendered = render(model, objective, param, transforms, build(cfg.optimizer), cfg.render.steps, cfg.seed,
+                          thresholds=thresholds(cfg), on_step=tracker.log_step, on_threshold=keep,
+                          progress=cfg.progress)
+    except NonFiniteObjective as error:
+        kept = save(error.image, job.out_dir / "image.png")
+        tracker.log_file(kept)
+        return Result(error.image, error.values, path=kept, status="FAILED", error=str(error))
+    seconds = time.perf_counter() - started
+    image = save(rendered.image, job.out_dir / "image.png")
+    tracker.log_file(image)
+    values = rendered.values
+    metrics = {"objective_final": values[-1] if values else float("nan"), "steps_done": len(values),
+               "seconds_per_step": seconds / max(1, len(values)),
+               **quality(model, main, rendered.image, values, cfg.seed, gram_layer(cfg, main))}
+    (job.out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    tracker.log_metrics(metrics)
+    if cfg.data.dir and main.unit:
+        examples_beside(cfg, model, main, job.out_dir, tracker, rendered.image)
+    return Result(rendered.image, values, metrics, image, "KILLED" if rendered.interrupted else "FINISHED")
+
+
+def examples_task(cfg: DictConfig, model: FeatureModel, job: Job, tracker: Recorder) -> Result:
+    """`task=dataset_examples`: rank the folder by the objective's unit, no optimization."""
+    main: Objective = job.objective if job.objective is not None else build(cfg.objective)
+    examples.unit_of(main, "task=dataset_examples")
+    main.prepare(model, model.probe(main.network_layers, cfg.data.size))
+    return Result(None, path=examples_beside(cfg, model, main, job.out_dir, tracker)["overview"])
+
+
+def examples_beside(cfg: DictConfig, model: FeatureModel, main: Objective, out_dir: Path, tracker: Recorder,
+                    optimized: Tensor | None = None) -> dict[str, Path]:
+    """Dataset examples of the objective's unit into `out_dir`, and with an optimized image the sanity check."""
+    unit = examples.unit_of(main, "data.dir")
+    acts = examples.activations(model, unit, cfg.data, model_key(cfg, model), cache_dir(cfg), cfg.progress)
+    chosen = examples.select(acts, unit, cfg.data.k, cfg.data.spectrum)
+    shown = None
+    if optimized is not None:
+        with torch.no_grad(), model.reading([unit.layer]) as read:
+            value = examples.reduce(read(optimized[:1])[unit.layer], unit)[0][0, unit.channel]
+        shown = (optimized[0], value.item())
+    crop = examples.receptive_field(model, unit.layer, cfg.data.size)
+    paths = examples.write(out_dir, acts, unit, chosen, cfg.data, crop, shown)
+    metrics = {"examples.images": len(acts.files), "examples.unreadable": len(acts.unreadable),
+               "examples.cached": float(acts.cached), "examples.top1": chosen["top"][0].value,
+               "examples.crop_px": crop}
+    if optimized is not None:
+        metrics |= sanity.check(model, unit.layer, optimized, acts, chosen["top"], cfg.data.size, cfg.seed, out_dir)
+    tracker.log_metrics(metrics)
+    tracker.log_file(out_dir / "examples", "examples")
+    tracker.log_file(paths["overview"])
+    if acts.unreadable:
+        print(f"fvexp: {len(acts.unreadable)} of {len(acts.files)} files could not be read as images and were "
+              f"skipped, e.g. {acts.unreadable[0]}", file=sys.stderr)
+    return paths
+
+
+def start_from_examples(cfg: DictConfig, model: FeatureModel, main: Objective, param: torch.nn.Module,
+                        out_dir: Path) -> dict[str, float]:
+    """Fit `param` to the top `render.batch` examples (Nguyen et al.'s diverse starts).
+
+    Which files seeded which image, and how closely (PSNR), goes to `init.json`.
+    """
+    unit = examples.unit_of(main, "param.init=dataset_examples")
+    acts = examples.activations(model, unit, cfg.data, model_key(cfg, model), cache_dir(cfg), cfg.progress)
+    top = examples.select(acts, unit, cfg.render.batch, 1)["top"]
+    if len(top) < cfg.render.batch:
+        raise FvexpError(f"param.init=dataset_examples needs render.batch={cfg.render.batch} readable images in "
+                         f"data.dir, and there are {len(top)}")
+    images = torch.stack([open_image(e.file, cfg.render.size) for e in top]).to(model.device)
+    psnr = fit(param, images)
+    (out_dir / "init.json").write_text(json.dumps({"files": [str(e.file) for e in top], "psnr_db": psnr}, indent=2))
+    return {"init_psnr": psnr}

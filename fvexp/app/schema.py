@@ -1,0 +1,229 @@
+"""Typed schemas for every config group, so a typo or a wrong type fails when the config is composed.
+
+Each option's YAML under `conf/` extends one of these schemas through its defaults list; the schema
+fixes the keys, their types and their defaults, the YAML only sets what makes the option what it is.
+The schemas of the library's pieces are read from the pieces' own signatures (`fvexp.app.signatures`),
+so each default is written once, in the library; the settings that belong to the application alone
+(steps, data, tasks) are written once, here. Closed sets of choices are Enums, so a wrong value
+fails at compose time with the valid choices. Ranges that OmegaConf cannot express (a positive step
+count, say) are checked by `validate` before anything heavy is loaded.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import DictConfig, OmegaConf
+
+from fvexp.app.signatures import schema
+from fvexp.errors import FvexpError
+
+
+class Precision(StrEnum):
+    fp32 = "fp32"
+    bf16 = "bf16"
+    fp16 = "fp16"
+
+
+class TaskName(StrEnum):
+    render = "render"
+    dataset_examples = "dataset_examples"
+    gallery = "gallery"
+
+
+class ParamInit(StrEnum):
+    noise = "noise"
+    dataset_examples = "dataset_examples"  # start the batch from the top examples of data.dir
+
+
+@dataclass
+class RenderConfig:
+    steps: int = 512
+    size: int = 224
+    batch: int = 1
+    thresholds: list[int] | None = None  # steps whose images are kept; None: 16, 32, 64, ... and the last
+
+
+@dataclass
+class DataConfig:
+    """An image folder whose natural images are ranked by the objective's unit (dataset examples)."""
+
+    dir: str | None = None  # any depth; .jpg .jpeg .png .webp; None: no dataset examples
+    k: int = 8  # top-k and bottom-k examples
+    spectrum: int = 9  # examples at evenly spaced quantiles of the activations, highest first
+    size: int = 224  # shorter side resized to size, then centre-cropped to size×size
+    batch_size: int = 32
+    workers: int = 2  # processes decoding images; 0: decode in the main process
+    cache_dir: str | None = None  # activation cache; None: outputs/cache where fvexp was started
+
+
+@dataclass
+class TaskConfig:
+    name: TaskName = TaskName.render
+
+
+@dataclass
+class GalleryConfig(TaskConfig):
+    name: TaskName = TaskName.gallery
+    channels: Any = None  # None: every channel of objective.layer; a list [0, 5, 9] or a range "0-31"
+    per_batch: int = 16  # channels optimized together, one image each, in one optimization
+    dir: str | None = None  # where finished channels are kept to resume; None: outputs/gallery/<layer>-<hash>
+
+
+@dataclass
+class AdamConfig:
+    """torch.optim.Adam at the article's learning rate (torch's own default, 1e-3, is far too slow here)."""
+
+    _target_: str = "torch.optim.Adam"
+    _partial_: bool = True  # the parameters come from the parameterization
+    lr: float = 0.05
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
+    eps: float = 1e-8
+    weight_decay: float = 0.0
+
+
+@dataclass
+class SGDConfig:
+    _target_: str = "torch.optim.SGD"
+    _partial_: bool = True
+    lr: float = 1.0
+    momentum: float = 0.9
+    nesterov: bool = False
+    weight_decay: float = 0.0
+
+
+def _term(target: str, **overrides: tuple[Any, Any]) -> type:
+    """A weighted term: the piece's parameters plus `weight` (0: off)."""
+    return schema(target, extra=(("weight", float, 0.0),), overrides=overrides)
+
+
+def _param(target: str) -> type:
+    """A parameterization: batch, size and channels come from the run; `init` is fvexp's, not the class's."""
+    return schema(target, skip=("batch", "size", "channels"), partial=True, extra=(("init", ParamInit, "noise"),))
+
+
+OPTVIS = "fvexp.optvis"
+LAYER_OF_OBJECTIVE = (str | None, None)  # None: the objective's own layer
+
+L1Term = _term(f"{OPTVIS}.regularizers.l1")
+L2Term = _term(f"{OPTVIS}.regularizers.l2")
+TVTerm = _term(f"{OPTVIS}.regularizers.total_variation")
+BlurTerm = _term(f"{OPTVIS}.regularizers.blur")
+BilateralTerm = _term(f"{OPTVIS}.regularizers.bilateral")
+DiversityTerm = _term(f"{OPTVIS}.objectives.diversity", layer=LAYER_OF_OBJECTIVE)
+AlignmentTerm = _term(f"{OPTVIS}.objectives.alignment", layer=LAYER_OF_OBJECTIVE)
+
+
+@dataclass
+class RegularizersConfig:
+    """Frequency penalties on the image, each added as −weight·penalty; weight 0 turns one off."""
+
+    l1: L1Term = field(default_factory=L1Term)  # type: ignore[valid-type]
+    l2: L2Term = field(default_factory=L2Term)  # type: ignore[valid-type]
+    tv: TVTerm = field(default_factory=TVTerm)  # type: ignore[valid-type]
+    blur: BlurTerm = field(default_factory=BlurTerm)  # type: ignore[valid-type]
+    bilateral: BilateralTerm = field(default_factory=BilateralTerm)  # type: ignore[valid-type]
+
+
+@dataclass
+class Config:
+    seed: int = 0
+    device: str = "auto"  # auto: the GPU when there is one, else the CPU; cpu, cuda, cuda:N, mps
+    threads: int | None = None  # torch CPU threads; None: torch's default (set 1 for parallel joblib jobs)
+    precision: Precision = Precision.fp32  # bf16 | fp16: mixed precision (autocast) of the network's forward
+    channels_last: bool = False  # NHWC memory layout, often faster for convolutions on GPUs
+    progress: bool = True
+    render: RenderConfig = field(default_factory=RenderConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    task: Any = None
+    regularizers: RegularizersConfig = field(default_factory=RegularizersConfig)
+    diversity: DiversityTerm = field(default_factory=DiversityTerm)  # type: ignore[valid-type]
+    alignment: AlignmentTerm = field(default_factory=AlignmentTerm)  # type: ignore[valid-type]
+    model: Any = None
+    objective: Any = None
+    param: Any = None
+    transforms: Any = None
+    optimizer: Any = None
+    tracking: Any = None
+
+
+SCHEMAS: dict[str, dict[str, type]] = {
+    "model": {name: schema(f"{OPTVIS}.models.{target}")
+              for name, target in (("efficientnet_lite", "efficientnet_lite"),
+                                   ("torchvision", "torchvision_model"), ("custom", "custom"))},
+    "objective": {
+        **{name: schema(f"{OPTVIS}.objectives.{name}")
+           for name in ("neuron", "channel", "layer", "class_logit", "class_prob", "class_logsumexp", "direction",
+                        "random_direction", "interpolate", "style", "inversion")},
+        "arithmetic": schema(f"{OPTVIS}.objectives.combine", extra=(("_convert_", str, "all"),)),
+    },
+    "param": {name: _param(f"{OPTVIS}.params.{target}")
+              for name, target in (("pixel", "Pixel"), ("fourier", "Fourier"), ("lowres", "LowRes"),
+                                   ("laplacian", "LaplacianPyramid"), ("shared", "Shared"), ("cppn", "CPPN"),
+                                   ("maco", "Maco"))},
+    "transforms": {"compose": schema(f"{OPTVIS}.transforms.Compose", overrides={"pieces": (dict[str, Any], {})})},
+    "optimizer": {"adam": AdamConfig, "sgd": SGDConfig,
+                  "steepest": schema(f"{OPTVIS}.optimizers.SteepestDescent", skip=("params",), partial=True)},
+    "tracking": {"mlflow": schema("fvexp.tracking.writer.MlflowTracker"),
+                 "none": schema("fvexp.app.recorder.Recorder")},
+    "task": {"render": TaskConfig, "dataset_examples": TaskConfig, "gallery": GalleryConfig},
+}
+
+
+def register() -> None:
+    """Put the schemas in Hydra's ConfigStore as `fvexp_schema` and `schema_<group>_<name>`.
+
+    They are stored outside any config group so that `--help` and tab completion list only the
+    options a user picks from, not the schemas those options extend.
+    """
+    store = ConfigStore.instance()
+    store.store(name="fvexp_schema", node=Config)
+    for group, schemas in SCHEMAS.items():
+        for name, node in schemas.items():
+            store.store(name=f"schema_{group}_{name}", node=node)
+
+
+def validate(cfg: DictConfig) -> None:
+    """Check what the schema's types cannot express: values still missing, and ranges; name the key."""
+    missing = sorted(OmegaConf.missing_keys(cfg))
+    if missing:
+        raise FvexpError(f"{', '.join(missing)} must be set, e.g. fvexp ... {missing[0]}=VALUE")
+    render = cfg.render
+    _require(render.steps >= 1, "render.steps", render.steps, "a positive number of optimization steps")
+    _require(render.size >= 1, "render.size", render.size, "the image side in pixels, at least 1")
+    _require(render.batch >= 1, "render.batch", render.batch, "the number of images, at least 1")
+    for step in render.thresholds or ():
+        _require(1 <= step <= render.steps, "render.thresholds", list(render.thresholds),
+                 f"steps between 1 and render.steps={render.steps}")
+    if cfg.param.init == "dataset_examples" or cfg.task.name == "dataset_examples":
+        _require(cfg.data.dir is not None, "data.dir", None, "an image folder for dataset examples, e.g. "
+                 "data.dir=/data/imagenet/val (python -m fvexp.tools.demo DIR builds a small one)")
+    _require(cfg.data.k >= 1, "data.k", cfg.data.k, "at least 1 example")
+    _require(cfg.data.spectrum >= 1, "data.spectrum", cfg.data.spectrum, "at least 1 example")
+    _require(cfg.data.size >= 1, "data.size", cfg.data.size, "the image side in pixels, at least 1")
+    _require(cfg.data.batch_size >= 1, "data.batch_size", cfg.data.batch_size, "at least 1")
+    _require(cfg.data.workers >= 0, "data.workers", cfg.data.workers, "0 or more processes")
+    if "per_batch" in cfg.task:
+        _require(cfg.task.per_batch >= 1, "task.per_batch", cfg.task.per_batch, "at least 1 channel per batch")
+    if "lr" in cfg.optimizer:
+        _require(cfg.optimizer.lr > 0, "optimizer.lr", cfg.optimizer.lr, "a positive learning rate")
+    for term in ("diversity", "alignment"):
+        if cfg[term].weight:
+            _require(render.batch >= 2, "render.batch", render.batch,
+                     f"at least 2 when {term}.weight is set: the {term} term compares the images of a batch")
+
+
+def thresholds(cfg: DictConfig) -> list[int]:
+    """The steps whose images are kept: as configured, or powers of two from 16 and the last step."""
+    if cfg.render.thresholds is not None:
+        return sorted(set(cfg.render.thresholds))
+    steps = cfg.render.steps
+    return sorted({2**k for k in range(4, steps.bit_length()) if 2**k <= steps} | {steps})
+
+
+def _require(ok: bool, key: str, value: object, allowed: str) -> None:
+    if not ok:
+        raise FvexpError(f"{key}={value} is not allowed: {key} must be {allowed}")
