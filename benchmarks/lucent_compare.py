@@ -192,7 +192,7 @@ def main() -> None:
     layer, channel = args.layer, args.channel
     logits = layer == models["fvexp"].logits_layer  # fvexp's channel objective needs a feature map
     objective = objectives.class_logit(channel, layer) if logits else objectives.channel(layer, channel)
-    check_fits(models["fvexp"], objective, standard(), SIZE)  # as fvexp/run.py does before rendering
+    check_fits(models["fvexp"], objective, standard(), SIZE)  # as fvexp/app/build.py does before rendering
     runs: dict[str, Callable[[int], Tensor]] = {
         "fvexp": lambda seed: run_fvexp(models["fvexp"], objective, args.steps, seed),
         "lucent": lambda seed: run_lucent(models["lucent"], layer, channel, args.steps, seed),

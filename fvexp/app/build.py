@@ -65,13 +65,14 @@ def build_param(cfg: DictConfig, model: FeatureModel, batch: int) -> torch.nn.Mo
 
 
 def extra_terms(cfg: DictConfig, main: Objective) -> Iterator[tuple[float, DictConfig]]:
-    """(weight, config) of every regularizer, diversity and alignment term whose weight is not 0.
+    """(signed weight, config) of every regularizer, diversity and alignment term whose weight is not 0.
 
-    Diversity and alignment default to the main objective's layer.
+    Regularizers are penalties, subtracted; diversity and alignment are rewards, added, and default
+    to the main objective's layer.
     """
     for term in cfg.regularizers.values():
         if term.weight:
-            yield term.weight, OmegaConf.masked_copy(term, [k for k in term if k != "weight"])
+            yield -term.weight, OmegaConf.masked_copy(term, [k for k in term if k != "weight"])
     for name in ("diversity", "alignment"):
         term = cfg[name]
         if term.weight:

@@ -73,28 +73,6 @@ class GalleryConfig(TaskConfig):
     dir: str | None = None  # where finished channels are kept to resume; None: outputs/gallery/<layer>-<hash>
 
 
-@dataclass
-class AdamConfig:
-    """torch.optim.Adam at the article's learning rate (torch's own default, 1e-3, is far too slow here)."""
-
-    _target_: str = "torch.optim.Adam"
-    _partial_: bool = True  # the parameters come from the parameterization
-    lr: float = 0.05
-    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
-    eps: float = 1e-8
-    weight_decay: float = 0.0
-
-
-@dataclass
-class SGDConfig:
-    _target_: str = "torch.optim.SGD"
-    _partial_: bool = True
-    lr: float = 1.0
-    momentum: float = 0.9
-    nesterov: bool = False
-    weight_decay: float = 0.0
-
-
 def _term(target: str, **overrides: tuple[Any, Any]) -> type:
     """A weighted term: the piece's parameters plus `weight` (0: off)."""
     return schema(target, extra=(("weight", float, 0.0),), overrides=overrides)
@@ -165,7 +143,8 @@ SCHEMAS: dict[str, dict[str, type]] = {
                                    ("laplacian", "LaplacianPyramid"), ("shared", "Shared"), ("cppn", "CPPN"),
                                    ("maco", "Maco"))},
     "transforms": {"compose": schema(f"{OPTVIS}.transforms.Compose", overrides={"pieces": (dict[str, Any], {})})},
-    "optimizer": {"adam": AdamConfig, "sgd": SGDConfig,
+    "optimizer": {"adam": schema(f"{OPTVIS}.optimizers.adam", partial=True, instantiate_as="torch.optim.Adam"),
+                  "sgd": schema(f"{OPTVIS}.optimizers.sgd", partial=True, instantiate_as="torch.optim.SGD"),
                   "steepest": schema(f"{OPTVIS}.optimizers.SteepestDescent", skip=("params",), partial=True)},
     "tracking": {"mlflow": schema("fvexp.tracking.writer.MlflowTracker"),
                  "none": schema("fvexp.app.recorder.Recorder")},

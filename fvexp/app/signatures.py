@@ -130,14 +130,17 @@ def config_type(annotation: Any, name: str) -> Any:
 
 
 def schema(target: str, skip: tuple[str, ...] = (), extra: tuple[tuple[str, Any, Any], ...] = (),
-           overrides: dict[str, tuple[Any, Any]] | None = None, partial: bool = False) -> type:
+           overrides: dict[str, tuple[Any, Any]] | None = None, partial: bool = False,
+           instantiate_as: str | None = None) -> type:
     """A structured-config dataclass for `target`: `_target_`, then its parameters with their defaults.
 
     `skip` leaves out parameters fvexp fills itself (a parameterization's batch and size), `extra`
     adds fvexp's own keys (name, type, default) and `overrides` retypes a parameter for the config.
-    A parameter without a default becomes `???`: the config must set it.
+    A parameter without a default becomes `???`: the config must set it. `instantiate_as` builds
+    another callable with the same keywords (torch.optim.Adam for the library's `adam`).
     """
-    fields: list[tuple[str, Any, dataclasses.Field]] = [("_target_", str, dataclasses.field(default=target))]
+    fields: list[tuple[str, Any, dataclasses.Field]] = [
+        ("_target_", str, dataclasses.field(default=instantiate_as or target))]
     if partial:
         fields.append(("_partial_", bool, dataclasses.field(default=True)))
     for p in parameters(target):

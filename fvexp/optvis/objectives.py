@@ -8,7 +8,7 @@ reference image's activations). The key `input` holds the images before the tran
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from numbers import Real
 from pathlib import Path
@@ -94,7 +94,13 @@ class Objective:
         return -1 * self
 
     def __sub__(self, other: Objective | float) -> Objective:
-        return self + (-other)
+        other = _constant(other) if isinstance(other, Real) else other
+        return Objective(
+            lambda acts: self(acts) - other(acts),
+            self.layers | other.layers,
+            f"{self.name} - {other.name}",
+            self.preparations + other.preparations,
+        )
 
     def __repr__(self) -> str:
         return f"Objective({self.name})"
@@ -157,14 +163,14 @@ def layer(layer: str) -> Objective:
     return Objective(lambda acts: acts[layer].pow(2).flatten(1).mean(1), frozenset({layer}), f"layer {layer}")
 
 
-def class_logit(label: int | str, layer: str = LOGITS, classes: str = "imagenet") -> Objective:
+def class_logit(label: int | str, layer: str = LOGITS, classes: str | Sequence[str] = "imagenet") -> Objective:
     """A class's pre-softmax logit, which the article finds gives better images than probability."""
     index = class_index(label, classes)
     return Objective(lambda acts: acts[layer][:, index], frozenset({layer}), f"logit {label}",
                      (_check_channel(layer, index),), Unit(layer, index))
 
 
-def class_prob(label: int | str, layer: str = LOGITS, classes: str = "imagenet") -> Objective:
+def class_prob(label: int | str, layer: str = LOGITS, classes: str | Sequence[str] = "imagenet") -> Objective:
     """A class's softmax probability: rises most easily by making other classes unlikely."""
     index = class_index(label, classes)
     return Objective(
@@ -176,21 +182,28 @@ def class_prob(label: int | str, layer: str = LOGITS, classes: str = "imagenet")
     )
 
 
-def class_index(label: int | str, classes: str) -> int:
-    """A class index from an index or a class name (e.g. `goldfish`), with suggestions on a typo."""
-    names = class_names(classes)
+def class_index(label: int | str, classes: str | Sequence[str]) -> int:
+    """A class index from an index or a class name (e.g. `goldfish`), with suggestions on a typo.
+
+    `classes` is a source of names (`imagenet`, a text file; empty: none) or the names themselves.
+    """
+    names = (class_names(classes) if classes else ()) if isinstance(classes, str) else tuple(classes)
     if isinstance(label, int) or (isinstance(label, str) and label.isdigit()):
         index = int(label)
-        if not 0 <= index < len(names):
-            raise FvexpError(f"class index {index} is out of range: {classes} has classes 0..{len(names) - 1}")
+        if names and not 0 <= index < len(names):
+            source = classes if isinstance(classes, str) else "the model"
+            raise FvexpError(f"class index {index} is out of range: {source} has classes 0..{len(names) - 1}")
         return index
+    if not names:
+        raise FvexpError(f"class label {label!r} needs the model's class names (model.classes=imagenet or a text file; "
+                         "classes= in fvexp.visualize); or give the class index")
     lowered = [name.lower() for name in names]
     if label.lower() in lowered:
         return lowered.index(label.lower())
     raise unknown("class label", label, names, hint="objective.label takes a class name or an index")
 
 
-def class_logsumexp(label: int | str, layer: str = LOGITS, classes: str = "imagenet") -> Objective:
+def class_logsumexp(label: int | str, layer: str = LOGITS, classes: str | Sequence[str] = "imagenet") -> Objective:
     """A class's log-probability, logit − LogSumExp(logits): softmax's ranking without its flat gradients."""
     index = class_index(label, classes)
     return Objective(

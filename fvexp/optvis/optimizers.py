@@ -8,7 +8,8 @@ parameter in every metric, which makes the three directions comparable at one le
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
+from functools import partial
 
 import torch
 from torch import Tensor
@@ -17,6 +18,18 @@ from fvexp.errors import FvexpError
 from fvexp.optvis.params import COLOR_CORRELATION, spectrum_scale
 
 METRICS = ("l2", "linf", "decorrelated")
+OptimizerFactory = Callable[[list[torch.nn.Parameter]], torch.optim.Optimizer]
+
+
+def adam(lr: float = 0.05, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8,
+         weight_decay: float = 0.0) -> OptimizerFactory:
+    """torch.optim.Adam at the article's learning rate (torch's default, 1e-3, is far too slow for images)."""
+    return partial(torch.optim.Adam, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay)
+
+
+def sgd(lr: float = 1.0, momentum: float = 0.9, nesterov: bool = False, weight_decay: float = 0.0) -> OptimizerFactory:
+    """torch.optim.SGD with momentum, at a learning rate that moves a Fourier image visibly per step."""
+    return partial(torch.optim.SGD, lr=lr, momentum=momentum, nesterov=nesterov, weight_decay=weight_decay)
 
 
 class SteepestDescent(torch.optim.Optimizer):

@@ -1,4 +1,7 @@
-"""Frequency penalties on the image itself, each an objective term `−penalty` added with a weight.
+"""Frequency penalties on the image itself: objectives that are subtracted, `objective - 0.1 * l1()`.
+
+As in Lucid, a penalty is positive and is subtracted from what is maximized; the config's
+`regularizers.<name>.weight=w` subtracts `w · penalty`.
 
 They act on the images before the transforms (the `input` key). The article's spectrum of
 regularization runs from none (adversarial noise) to learned priors; these are its first family:
@@ -18,7 +21,7 @@ from fvexp.optvis.params import gaussian_blur
 
 
 def _penalty(name: str, penalty: Callable[[Tensor], Tensor]) -> Objective:
-    return Objective(lambda acts: -penalty(acts[INPUT]), frozenset({INPUT}), f"−{name}")
+    return Objective(lambda acts: penalty(acts[INPUT]), frozenset({INPUT}), name)
 
 
 def l1(constant: float = 0.5) -> Objective:

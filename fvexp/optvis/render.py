@@ -17,9 +17,8 @@ from tqdm import tqdm
 from fvexp.errors import FvexpError
 from fvexp.optvis.models import FeatureModel
 from fvexp.optvis.objectives import INPUT, Objective
+from fvexp.optvis.optimizers import OptimizerFactory
 from fvexp.optvis.transforms import Compose
-
-OptimizerFactory = Callable[[list[nn.Parameter]], torch.optim.Optimizer]
 
 
 @dataclass

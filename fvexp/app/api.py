@@ -1,0 +1,194 @@
+"""fvexp from Python: `visualize` a network in memory, or `run` exactly what the command line runs.
+
+Both compose the command line's own config (`conf/`, through Hydra's Compose API), so their
+defaults are the command line's, and both run the job through `fvexp.app.job.execute`, so a run
+recorded from Python is recorded exactly as a command-line run is.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import tempfile
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+from hydra import compose, initialize_config_dir
+from hydra.errors import HydraException
+from hydra.types import RunMode
+from omegaconf import DictConfig, OmegaConf, open_dict
+from omegaconf.errors import OmegaConfBaseException
+from torch import nn
+
+from fvexp.app.job import execute
+from fvexp.app.places import config_dir
+from fvexp.app.result import Job, Result
+from fvexp.app.schema import register
+from fvexp.errors import FvexpError, unknown
+from fvexp.optvis.models import LOGITS, FeatureModel, class_names
+from fvexp.optvis.objectives import Objective
+
+GROUPS = ("param", "transforms", "optimizer", "task")  # keywords that pick a config option by name
+SHORT = {"steps": "render.steps", "size": "render.size", "batch": "render.batch",
+         "thresholds": "render.thresholds", "lr": "optimizer.lr"}
+TOP = ("seed", "device", "threads", "precision", "channels_last", "progress")
+
+
+def visualize(model: nn.Module, objective: str | Objective, *, mean: Sequence[float] | None = None,
+              std: Sequence[float] | None = None, classes: str | Sequence[str] = (), logits_layer: str = "",
+              track: bool | str = False, out_dir: str | Path | None = None, overrides: Sequence[str] = (),
+              **settings: Any) -> Result:
+    """Visualize `objective` on `model`, any `torch.nn.Module` in memory, with the command line's defaults.
+
+    `objective` is "layer:channel" (`"layer4.1:7"`), "logits:LABEL" (a class by name or index),
+    or an `Objective` built from `fvexp.optvis` pieces (`channel("layer3", 5) - 0.1 * l1()`).
+    `mean`/`std` are the network's input normalization (None: it takes [0, 1] images as they
+    are); `classes` its class names (a list, a text file with one per line, or "imagenet"), for
+    "logits:goldfish". Settings are keywords: `steps`, `size`,
+    `batch`, `thresholds`, `lr`, `seed`, `device` (default: the model's), `threads`, `precision`,
+    `channels_last`, `progress`, and a config option by name for `param`, `transforms`,
+    `optimizer` (`param="pixel"`); any other key goes in `overrides` as on the command line
+    (`overrides=["regularizers.tv.weight=50"]`).
+
+    The model is left as it was found: its `requires_grad` flags, train/eval mode and device.
+    `track=True` records the run in MLflow's default store (`outputs/mlflow.db`), a string in that
+    tracking URI. With `out_dir` the run folder is kept there (`image.png`, `metrics.json`, ...);
+    without it, the images are only in the result.
+    """
+    unknown_keys = [k for k in settings if k not in (*GROUPS, *SHORT, *TOP)]
+    if unknown_keys:
+        raise unknown("setting", unknown_keys[0], [*GROUPS, *SHORT, *TOP],
+                      hint="Other keys go in overrides=['key=value', ...], as on the command line")
+    settings.setdefault("device", _device_of(model))
+    choices = [f"{group}={settings.pop(group)}" for group in GROUPS if group in settings]
+    tracking = ["tracking=none"] if not track else ["tracking=mlflow"]
+    if isinstance(track, str):
+        tracking.append(f"tracking.uri={track}")
+    named = [] if isinstance(objective, Objective) else _objective_overrides(objective)
+    cfg = _compose([*choices, *named, *tracking, *overrides])
+    for key, value in settings.items():
+        try:
+            OmegaConf.update(cfg, SHORT.get(key, key), value, merge=False)
+        except OmegaConfBaseException as error:
+            raise FvexpError(f"{key}={value!r}: {one_line(error)}") from None
+    names = class_names(classes) if isinstance(classes, str) else list(classes)
+    with _borrowed(model):
+        wrapped = model if isinstance(model, FeatureModel) else FeatureModel(
+            model, *_normalization(model, mean, std), names, logits_layer)
+        cfg.model = {"in_memory": type(wrapped.net).__name__, "mean": wrapped.mean.flatten().tolist(),
+                     "std": wrapped.std.flatten().tolist(), "logits_layer": wrapped.logits_layer,
+                     "classes": list(wrapped.classes)}
+        if isinstance(objective, Objective):
+            cfg.objective = {"in_memory": objective.name}
+        record = [*choices, *named, *overrides, *(f"{k}={v}" for k, v in settings.items())]
+        with _run_folder(out_dir) as folder:
+            result = execute(cfg, Job(folder, record, name=None, model=wrapped,
+                                      objective=objective if isinstance(objective, Objective) else None))
+            if out_dir is None:
+                result.path = None
+            else:
+                result.run_dir = folder
+    return result
+
+
+def run(*overrides: str) -> Result:
+    """The job `fvexp OVERRIDES...` runs, from Python: same config, run folder and MLflow record.
+
+    Returns the result with `.run_dir` (the run folder under `outputs/runs/`) and `.run_id` (the
+    MLflow run, None with `tracking=none`). Sweeps (`-m`, `experiment=...`) stay on the command line:
+    loop over `run(...)` calls for a sweep from Python.
+    """
+    if "-m" in overrides or "--multirun" in overrides:
+        raise FvexpError("fvexp.run runs one job; for a sweep use the command line (fvexp -m ...) or call run() "
+                         "once per setting")
+    cfg = _compose(list(overrides), hydra=True)
+    if cfg.hydra.mode == RunMode.MULTIRUN:
+        raise FvexpError(f"{' '.join(overrides)} is a sweep preset; run it on the command line (fvexp "
+                         f"{' '.join(overrides)}), or pick one of its settings for fvexp.run")
+    folder = Path(cfg.hydra.run.dir).resolve()
+    choices = cfg.hydra.runtime.choices
+    tags = {"fvexp.experiment": choices.get("experiment") or "", "fvexp.ablation": choices.get("ablation") or "",
+            "fvexp.sweep": "", "fvexp.job": ""}
+    skip = set(cfg.hydra.job.config.override_dirname.exclude_keys)
+    name = ",".join(o for o in overrides if o.split("=", 1)[0].lstrip("+~") not in skip) or None
+    with open_dict(cfg):
+        del cfg.hydra
+    (folder / ".hydra").mkdir(parents=True, exist_ok=True)
+    (folder / ".hydra" / "config.yaml").write_text(OmegaConf.to_yaml(cfg))
+    (folder / ".hydra" / "overrides.yaml").write_text(OmegaConf.to_yaml(OmegaConf.create(list(overrides))))
+    result = execute(cfg, Job(folder, list(overrides), name, tags))
+    result.run_dir = folder
+    return result
+
+
+def _compose(overrides: list[str], hydra: bool = False) -> DictConfig:
+    """The command line's config with `overrides`; Hydra's composition errors become one-line `FvexpError`s."""
+    register()
+    try:
+        with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
+            cfg = compose("config", overrides=overrides, return_hydra_config=hydra)
+    except (HydraException, OmegaConfBaseException) as error:
+        raise FvexpError(one_line(error)) from None
+    if hydra:
+        cfg.hydra.run.dir = str(cfg.hydra.run.dir)  # resolve ${now:...} once, as Hydra does for a run
+    return cfg
+
+
+def one_line(error: Exception) -> str:
+    """Hydra's or OmegaConf's message without its indented detail lines (full_key, object_type)."""
+    lines = [line.strip() for line in str(error).splitlines()]
+    return "; ".join(line for line in lines if line and not line.startswith(("full_key", "object_type",
+                                                                            "reference_type")))
+
+
+def _objective_overrides(spec: str) -> list[str]:
+    """"layer:channel" as a channel objective, "logits:label" as a class logit."""
+    layer, sep, unit = spec.rpartition(":")
+    if not sep or not layer or not unit:
+        raise FvexpError(f"objective {spec!r} is not 'layer:channel' (e.g. '_blocks.8:5') or 'logits:label' "
+                         "(e.g. 'logits:goldfish'); or pass an Objective (fvexp.optvis.objectives)")
+    if unit.isdigit() and layer != LOGITS:
+        return ["objective=channel", f"objective.layer={layer}", f"objective.channel={unit}"]
+    return ["objective=class_logit", f"objective.layer={layer}", f"objective.label={unit}"]
+
+
+def _normalization(model: nn.Module, mean: Sequence[float] | None,
+                   std: Sequence[float] | None) -> tuple[list[float], list[float]]:
+    """The input normalization, or none at all (mean 0, std 1) for as many channels as the network takes."""
+    if (mean is None) != (std is None):
+        raise FvexpError("give both mean and std (the network's input normalization), or neither")
+    if mean is not None and std is not None:
+        return list(mean), list(std)
+    first = next((m for m in model.modules() if isinstance(m, nn.Conv2d | nn.Linear)), None)
+    channels = first.in_channels if isinstance(first, nn.Conv2d) else 3
+    return [0.0] * channels, [1.0] * channels
+
+
+@contextlib.contextmanager
+def _borrowed(model: nn.Module) -> Iterator[None]:
+    """Give `model` back as it was lent: gradients on its weights, train/eval mode of every module."""
+    flags = [(p, p.requires_grad) for p in model.parameters()]
+    modes = [(m, m.training) for m in model.modules()]
+    try:
+        yield
+    finally:
+        for parameter, flag in flags:
+            parameter.requires_grad_(flag)
+        for module, mode in modes:
+            module.training = mode
+
+
+@contextlib.contextmanager
+def _run_folder(out_dir: str | Path | None) -> Iterator[Path]:
+    if out_dir is not None:
+        yield Path(out_dir)
+        return
+    with tempfile.TemporaryDirectory(prefix="fvexp-") as folder:
+        yield Path(folder)
+
+
+def _device_of(model: nn.Module) -> str:
+    """Where the model lives, so that a visualization never moves a user's network."""
+    tensor = next(itertools.chain(model.parameters(), model.buffers()), None)
+    return "cpu" if tensor is None else str(tensor.device)
