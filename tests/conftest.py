@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -30,6 +31,29 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(skip)
 
 
+@pytest.fixture(autouse=True)
+def fast_tests_start_no_fvexp_process(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The fast suite stays fast: a test that starts an fvexp process must be marked slow."""
+    if request.node.get_closest_marker("slow"):
+        return
+    original = subprocess.Popen.__init__
+
+    def guarded(self: subprocess.Popen, args: object, *rest: object, **kwargs: object) -> None:
+        words = [str(a) for a in args] if isinstance(args, list | tuple) else [str(args)]
+        if any(w == "fvexp" or w.startswith("fvexp.") or w.endswith("/fvexp") for w in words):
+            raise AssertionError(f"{request.node.name} starts an fvexp process ({' '.join(words)}): mark it slow")
+        original(self, args, *rest, **kwargs)
+
+    monkeypatch.setattr(subprocess.Popen, "__init__", guarded)
+
+
+def free_port() -> int:
+    """A TCP port on the loopback interface that nothing listens on now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 @pytest.fixture(scope="session")
 def model() -> FeatureModel:
     torch.set_num_threads(min(2, os.cpu_count() or 1))
@@ -46,7 +70,8 @@ def photos() -> torch.Tensor:
                       for i in images])
 
 
-def fvexp(*args: str, cwd: Path, env: dict[str, str] | None = None, timeout: int = 600) -> subprocess.CompletedProcess:
+def fvexp(*args: str, cwd: Path, env: dict[str, str] | None = None,
+          timeout: int = 600) -> subprocess.CompletedProcess:
     """Run `python -m fvexp ARGS` in `cwd` the way a user would, capturing its output."""
     environment = {**os.environ, "PYTHONPATH": str(ROOT)}
     environment.pop("MLFLOW_TRACKING_URI", None)
@@ -57,7 +82,7 @@ def fvexp(*args: str, cwd: Path, env: dict[str, str] | None = None, timeout: int
 
 @pytest.fixture(scope="session")
 def demo_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A small nested image folder from scikit-image's photos and their crops (84 images), as `fvexp.tools.demo` builds."""
+    """A small nested image folder from scikit-image's photos and their crops (84 images), as `fvexp-demo` builds."""
     from fvexp.tools.demo import build
 
     folder = tmp_path_factory.mktemp("demo_photos")

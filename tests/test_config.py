@@ -132,6 +132,7 @@ def test_a_missing_reference_image_is_named() -> None:
         validate(make("objective=inversion"))
 
 
+@pytest.mark.slow
 def test_unknown_group_option_lists_the_options(tmp_path: Path) -> None:
     done = fvexp("objective=chanel", "--cfg", "job", cwd=tmp_path)
     assert done.returncode != 0
@@ -140,6 +141,7 @@ def test_unknown_group_option_lists_the_options(tmp_path: Path) -> None:
         assert option in done.stderr
 
 
+@pytest.mark.slow
 def test_help_lists_groups_under_the_name_fvexp_without_importing_mlflow_or_torch(tmp_path: Path) -> None:
     done = fvexp("--help", cwd=tmp_path, env={"PYTHONPROFILEIMPORTTIME": "1"})
     assert done.returncode == 0
@@ -151,6 +153,7 @@ def test_help_lists_groups_under_the_name_fvexp_without_importing_mlflow_or_torc
     assert "mlflow" not in imported and "torch" not in imported
 
 
+@pytest.mark.slow
 def test_tab_completion_works_through_the_console_script(tmp_path: Path) -> None:
     script = Path(sys.executable).parent / "fvexp"
     done = subprocess.run([str(script), "-sc", "query=bash"], cwd=tmp_path, capture_output=True, text=True,
@@ -159,6 +162,7 @@ def test_tab_completion_works_through_the_console_script(tmp_path: Path) -> None
     assert done.stdout.split() == ["objective=channel"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("launcher,target", [("basic", "BasicLauncher"), ("joblib", "JoblibLauncher"),
                                              ("submitit_slurm", "SlurmLauncher")])
 def test_launchers_are_config_options(tmp_path: Path, launcher: str, target: str) -> None:

@@ -79,11 +79,11 @@ def test_custom_models_and_grayscale() -> None:
         custom(tiny_net(), mean=[0.5, 0.5], std=[0.5, 0.5, 0.5])
 
 
-@pytest.mark.slow
 def load_png(path: Path) -> np.ndarray:
     return np.asarray(Image.open(path))
 
 
+@pytest.mark.slow
 def test_runs_with_a_torchvision_model_and_a_target_model(tmp_path: Path, resnet18_weights: Path) -> None:
     done = fvexp("model=torchvision", "model.name=resnet18", f"model.weights_path={resnet18_weights}",
                  "objective.layer=layer3", "render.steps=4", "render.size=64", "tracking=none",

@@ -6,7 +6,6 @@ import os
 import secrets
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -19,7 +18,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.conftest import fvexp
+from tests.conftest import free_port, fvexp
 
 pytestmark = [pytest.mark.slow, pytest.mark.skipif(not Path("/proc").is_dir(), reason="finds Ray's processes in /proc")]
 
@@ -93,12 +92,6 @@ def test_a_sweep_on_a_local_ray_cluster(tmp_path: Path, ray_dir: Path) -> None:
     assert done.stdout.count("/image.png") == 2  # the jobs' output, forwarded by Ray to the sweep's terminal
     assert left_behind(ray_dir, tmp_path) == []
     check_sweep(tmp_path / "outputs" / "mlflow.db", tmp_path / "outputs")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def test_a_sweep_on_an_existing_ray_cluster(tmp_path: Path, ray_dir: Path) -> None:

@@ -48,7 +48,8 @@ def test_channel_run_excites_its_channel_and_is_recorded(tmp_path: Path, model, 
     [run] = runs(tmp_path / "outputs" / "mlflow.db")  # the store is where the command started
     assert run.info.status == "FINISHED"
     assert run.data.params["objective.channel"] == "5" and run.data.params["seed"] == "0"
-    assert run.data.params["render.steps"] == "128" and run.data.params["param._target_"] == "fvexp.optvis.params.Fourier"
+    assert run.data.params["render.steps"] == "128"
+    assert run.data.params["param._target_"] == "fvexp.optvis.params.Fourier"
     assert run.data.tags["torch.version"] == torch.__version__ and run.data.tags["device"] == "cpu"
     assert "git.commit" in run.data.tags and "git.dirty" in run.data.tags
     client = mlflow.MlflowClient(f"sqlite:///{tmp_path / 'outputs' / 'mlflow.db'}")

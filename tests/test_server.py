@@ -9,7 +9,6 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -23,15 +22,9 @@ import mlflow
 import pytest
 from PIL import Image
 
-from tests.conftest import ROOT, fvexp
+from tests.conftest import ROOT, free_port, fvexp
 
 DEFAULT = "postgresql://fvexp:fvexp@127.0.0.1:5432/fvexp_test"  # the role and database `.ci/run` creates
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def server_command(*args: str) -> list[str]:

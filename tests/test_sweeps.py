@@ -8,7 +8,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -19,7 +18,7 @@ import mlflow
 import pytest
 from PIL import Image
 
-from tests.conftest import ROOT, fvexp
+from tests.conftest import ROOT, free_port, fvexp
 
 pytestmark = pytest.mark.slow
 
@@ -152,12 +151,6 @@ def test_failed_jobs_are_shown_not_dropped(tmp_path: Path) -> None:
     assert [(r["objective.channel"], r["status"]) for r in rows] == [("5", "FINISHED"), ("999", "FAILED")]
     sheet = Image.open(tmp_path / "compare" / "contact_sheet.png")
     assert 2 * 192 < sheet.width < 3 * 192 and sheet.height < 2 * 192  # one row of two, the failed one grey
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def get(url: str) -> bytes:

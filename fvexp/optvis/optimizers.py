@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 from functools import partial
+from typing import Literal
 
 import torch
 from torch import Tensor
@@ -35,7 +36,8 @@ def sgd(lr: float = 1.0, momentum: float = 0.9, nesterov: bool = False, weight_d
 class SteepestDescent(torch.optim.Optimizer):
     """Move each parameter `lr` (RMS) along the steepest ascent direction of the objective's metric."""
 
-    def __init__(self, params: Iterable[Tensor], lr: float = 0.05, metric: str = "l2", decay_power: float = 1.0):
+    def __init__(self, params: Iterable[Tensor], lr: float = 0.05, metric: Literal["l2", "linf", "decorrelated"] = "l2",
+                 decay_power: float = 1.0) -> None:
         if metric not in METRICS:
             raise FvexpError(f"unknown optimizer.metric {metric!r}; use one of {', '.join(METRICS)}")
         super().__init__(params, {"lr": lr, "metric": metric, "decay_power": decay_power})

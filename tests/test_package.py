@@ -1,0 +1,202 @@
+"""The package: layers that import only downward, one source for every default, configs inside the wheel."""
+
+from __future__ import annotations
+
+import ast
+import dataclasses
+import importlib
+import inspect
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from hydra.errors import ConfigCompositionException
+from omegaconf import OmegaConf
+
+from fvexp.app.schema import SCHEMAS, register
+from fvexp.app.signatures import parameters
+from tests.conftest import ROOT, fvexp
+
+PACKAGE = ROOT / "fvexp"
+# Each layer and the layers it may import (fvexp.errors is shared by all; fvexp.conf holds no code).
+MAY_IMPORT = {
+    "optvis": {"optvis"},
+    "app": {"optvis", "app"},
+    "tracking": {"optvis", "app", "tracking"},
+    "tools": {"optvis", "app", "tracking", "tools"},
+}
+
+
+def imports() -> dict[str, set[str]]:
+    """Every fvexp module and the fvexp modules it imports, at any depth of its code."""
+    graph = {}
+    for path in PACKAGE.rglob("*.py"):
+        module = ".".join(path.relative_to(ROOT).with_suffix("").parts).removesuffix(".__init__")
+        found = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("fvexp"):
+                found |= {f"{node.module}.{a.name}" if f"{node.module}.{a.name}".replace(".", "/") in modules_on_disk()
+                          else node.module for a in node.names}
+            elif isinstance(node, ast.Import):
+                found |= {a.name for a in node.names if a.name.startswith("fvexp")}
+        graph[module] = found
+    return graph
+
+
+def modules_on_disk() -> set[str]:
+    return {str(p.relative_to(ROOT).with_suffix("")) for p in PACKAGE.rglob("*.py")}
+
+
+def layer(module: str) -> str | None:
+    parts = module.split(".")
+    return parts[1] if len(parts) > 1 and parts[1] in MAY_IMPORT else None
+
+
+def test_each_layer_imports_only_the_layers_below_it() -> None:
+    wrong = [f"{m} imports {i}" for m, found in imports().items() if layer(m)
+             for i in found if layer(i) and layer(i) not in MAY_IMPORT[layer(m)]]
+    assert wrong == []
+
+
+def test_no_import_circles() -> None:
+    graph = imports()
+    graph.pop("fvexp")  # the package's lazy attributes are not imports of its modules
+    done: set[str] = set()
+    cycles: list[list[str]] = []
+
+    def visit(module: str, path: list[str]) -> None:
+        for target in sorted(graph.get(module, set()) - {module}):
+            if target in path:
+                cycles.append([*path[path.index(target):], target])
+            elif target in graph and target not in done:
+                visit(target, [*path, target])
+        done.add(module)
+
+    for start in sorted(graph):
+        visit(start, [start])
+    assert cycles == []
+
+
+def test_the_library_imports_neither_hydra_omegaconf_nor_mlflow() -> None:
+    code = ("import sys, fvexp.optvis, fvexp.optvis.examples, fvexp.optvis.sanity, fvexp.optvis.environment; "
+            "print(sorted({m.split('.')[0] for m in sys.modules} & {'hydra', 'omegaconf', 'mlflow'}))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]"
+
+
+def empty_container(value: ast.expr | None) -> bool:
+    if isinstance(value, ast.List | ast.Set):
+        return not value.elts
+    if isinstance(value, ast.Dict):
+        return not value.keys
+    return isinstance(value, ast.Call) and getattr(value.func, "id", "") in ("list", "dict", "set")
+
+
+def test_no_module_keeps_results_in_module_level_containers() -> None:
+    """Results travel in return values and files, not in module-level lists or dicts that jobs fill."""
+    found = [f"{path.relative_to(ROOT)}:{node.lineno}" for path in PACKAGE.rglob("*.py")
+             for node in ast.parse(path.read_text()).body
+             if isinstance(node, ast.AnnAssign | ast.Assign) and empty_container(node.value)]
+    assert found == []
+
+
+@pytest.mark.parametrize("group,name", [(g, n) for g, options in SCHEMAS.items() for n in options])
+def test_every_default_is_the_librarys_own(group: str, name: str) -> None:
+    """A schema read from a signature has exactly the defaults Python's own `inspect` sees."""
+    fields = {f.name: f for f in dataclasses.fields(SCHEMAS[group][name])}
+    target = fields["_target_"].default if "_target_" in fields else ""
+    module, _, attribute = target.rpartition(".")
+    if not target.startswith("fvexp."):
+        return  # a task (fvexp's own settings), or torch's optimizers (read from adam()/sgd(), checked below)
+    signature = inspect.signature(getattr(importlib.import_module(module), attribute))
+    for parameter in signature.parameters.values():
+        if parameter.name not in fields or parameter.name == "pieces":  # configs name the pieces: a mapping
+            continue
+        field = fields[parameter.name]
+        default = field.default_factory() if field.default is dataclasses.MISSING else field.default
+        expected = "???" if parameter.default is inspect.Parameter.empty else parameter.default
+        assert default == (list(expected) if isinstance(expected, tuple) else expected), parameter.name
+    assert {p.name for p in parameters(target)} >= set(fields) - {"_target_", "_partial_", "_convert_", "weight",
+                                                                   "init"}
+
+
+def compose_config(*overrides: str):
+    register()
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        return compose("config", overrides=list(overrides))
+
+
+def test_the_drifted_defaults_are_the_signatures_now() -> None:
+    from fvexp.optvis.models import custom, torchvision_model
+    from fvexp.optvis.optimizers import adam
+
+    assert compose_config("model=custom").model.min_size == inspect.signature(custom).parameters["min_size"].default
+    assert compose_config("model=torchvision").model.logits_layer == ""  # "": the last linear layer, found
+    assert torchvision_model("vgg16", weights=None).logits_layer == "classifier.6"
+    cfg = compose_config()
+    assert cfg.optimizer._target_ == "torch.optim.Adam"
+    assert cfg.optimizer.lr == inspect.signature(adam).parameters["lr"].default
+
+
+@pytest.mark.parametrize("override,choices", [
+    ("precision=fp64", "fp32, bf16, fp16"),
+    ("param.init=photos", "noise, dataset_examples"),
+    ("optimizer=descent_l2 optimizer.metric=l3", "l2, linf, decorrelated"),
+    ("task=gallery task.name=album", "render, dataset_examples, gallery"),
+])
+def test_closed_sets_fail_at_compose_time_naming_the_choices(override: str, choices: str) -> None:
+    with pytest.raises(ConfigCompositionException) as error:
+        compose_config(*override.split())
+    assert choices in str(error.value.__cause__ or error.value)
+
+
+@pytest.mark.slow
+def test_vgg16_finds_its_logits_layer_from_the_command_line(tmp_path: Path) -> None:
+    done = subprocess.run([str(Path(sys.executable).parent / "fvexp-layers"), "model=torchvision", "model.name=vgg16",
+                           "model.weights=null", "render.size=64"], cwd=tmp_path, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert "logits layer: classifier.6" in done.stdout.splitlines()[0]
+    done = fvexp("model=torchvision", "model.name=vgg16", "model.weights=null", "objective=class_logit",
+                 "objective.label=3", "render.steps=1", "render.size=32", "tracking=none", "progress=false",
+                 f"hydra.run.dir={tmp_path / 'run'}", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert (tmp_path / "run" / "image.png").exists()
+
+
+@pytest.mark.slow
+def test_the_wheel_carries_the_configs_and_runs_from_an_empty_folder(tmp_path: Path) -> None:
+    """Built, installed where the checkout is not on the path, and run as a user would run it."""
+    source = tmp_path / "source"  # a copy of the working tree, so that the build leaves nothing in the checkout
+    listed = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard"], cwd=ROOT, text=True,
+                            capture_output=True, check=True).stdout.splitlines()
+    for name in filter(lambda name: (ROOT / name).is_file(), listed):
+        (source / name).parent.mkdir(parents=True, exist_ok=True)
+        (source / name).write_bytes((ROOT / name).read_bytes())
+    wheels, site, empty = tmp_path / "wheels", tmp_path / "site", tmp_path / "empty"
+    pip = [sys.executable, "-m", "pip", "--disable-pip-version-check", "-q"]
+    subprocess.run([*pip, "wheel", str(source), "--no-deps", "--no-build-isolation", "-w", str(wheels)], check=True)
+    wheel = next(wheels.glob("fvexp-*.whl"))
+    subprocess.run([*pip, "install", "--no-deps", "--target", str(site), str(wheel)], check=True)
+    empty.mkdir()
+    env = {**os.environ, "PYTHONPATH": str(site)}
+    where = subprocess.run([sys.executable, "-c", "import fvexp.app.places as p; print(p.__file__, p.config_dir())"],
+                           cwd=empty, env=env, capture_output=True, text=True, check=True).stdout.split()
+    assert [Path(w).is_relative_to(site) for w in where] == [True, True]
+    done = subprocess.run([str(site / "bin" / "fvexp"), "render.steps=2", "render.size=64", "progress=false"],
+                          cwd=empty, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    image = Path(done.stdout.strip().splitlines()[-1])
+    assert image.name == "image.png" and image.is_relative_to(empty) and image.exists()
+    assert (empty / "outputs" / "mlflow.db").exists()
+    mine = tmp_path / "my_conf" / "objective"
+    mine.mkdir(parents=True)
+    (mine / "my_unit.yaml").write_text("defaults:\n  - channel\n  - _self_\n\nlayer: _blocks.10\nchannel: 3\n")
+    done = subprocess.run([str(site / "bin" / "fvexp"), "--config-dir", str(mine.parent), "objective=my_unit",
+                           "--cfg", "job", "--package", "objective"],
+                          cwd=empty, env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert OmegaConf.create(done.stdout).channel == 3
