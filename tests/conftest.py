@@ -11,7 +11,10 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
+from hydra import compose, initialize_config_dir
+from omegaconf import DictConfig
 
+from fvexp.app.schema import register
 from fvexp.optvis.models import FeatureModel, efficientnet_lite
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -52,6 +55,13 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def make(*overrides: str) -> DictConfig:
+    """The command line's config composed with `overrides`, in this process."""
+    register()
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        return compose("config", overrides=list(overrides))
 
 
 @pytest.fixture(scope="session")

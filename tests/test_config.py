@@ -9,23 +9,17 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
-from hydra import compose, initialize_config_dir
 from hydra.errors import ConfigCompositionException
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import OmegaConf
 
 from fvexp.app.build import build, build_param
 from fvexp.app.schema import register, thresholds, validate
 from fvexp.errors import FvexpError
-from tests.conftest import ROOT, fvexp
+from tests.conftest import ROOT, fvexp, make
 
 register()
 GROUPS = {group: sorted(p.stem for p in (ROOT / "conf" / group).glob("*.yaml"))
           for group in ["model", "objective", "param", "transforms", "optimizer", "tracking", "experiment"]}
-
-
-def make(*overrides: str) -> DictConfig:
-    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
-        return compose("config", overrides=list(overrides))
 
 
 def test_every_group_has_the_options_the_issue_names() -> None:
@@ -107,10 +101,14 @@ def test_the_distill_preset_is_the_article_recipe() -> None:
     ("param.sd=big", "param.sd"),
     ("regularizers.tv.weight=strong", "regularizers.tv.weight"),
     ("regularizers.tvv.weight=1", "regularizers.tvv"),
+    ("precision=fp64", "fp32, bf16, fp16"),  # closed sets name their choices
+    ("param.init=photos", "noise, dataset_examples"),
+    ("optimizer=descent_l2 optimizer.metric=l3", "l2, linf, decorrelated"),
+    ("task=gallery task.name=album", "render, dataset_examples, gallery"),
 ])
 def test_misspelt_keys_and_wrong_types_fail_at_compose_time_naming_the_key(override: str, names: str) -> None:
     with pytest.raises(ConfigCompositionException) as error:
-        make(override)
+        make(*override.split())
     assert names in str(error.value.__cause__ or error.value)
 
 

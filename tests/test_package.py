@@ -12,13 +12,11 @@ import sys
 from pathlib import Path
 
 import pytest
-from hydra import compose, initialize_config_dir
-from hydra.errors import ConfigCompositionException
 from omegaconf import OmegaConf
 
-from fvexp.app.schema import SCHEMAS, register
+from fvexp.app.schema import SCHEMAS
 from fvexp.app.signatures import parameters
-from tests.conftest import ROOT, fvexp
+from tests.conftest import ROOT, fvexp, make
 
 PACKAGE = ROOT / "fvexp"
 # Each layer and the layers it may import (fvexp.errors is shared by all; fvexp.conf holds no code).
@@ -124,34 +122,16 @@ def test_every_default_is_the_librarys_own(group: str, name: str) -> None:
                                                                    "init"}
 
 
-def compose_config(*overrides: str):
-    register()
-    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
-        return compose("config", overrides=list(overrides))
-
-
 def test_the_drifted_defaults_are_the_signatures_now() -> None:
     from fvexp.optvis.models import custom, torchvision_model
     from fvexp.optvis.optimizers import adam
 
-    assert compose_config("model=custom").model.min_size == inspect.signature(custom).parameters["min_size"].default
-    assert compose_config("model=torchvision").model.logits_layer == ""  # "": the last linear layer, found
+    assert make("model=custom").model.min_size == inspect.signature(custom).parameters["min_size"].default
+    assert make("model=torchvision").model.logits_layer == ""  # "": the last linear layer, found
     assert torchvision_model("vgg16", weights=None).logits_layer == "classifier.6"
-    cfg = compose_config()
+    cfg = make()
     assert cfg.optimizer._target_ == "torch.optim.Adam"
     assert cfg.optimizer.lr == inspect.signature(adam).parameters["lr"].default
-
-
-@pytest.mark.parametrize("override,choices", [
-    ("precision=fp64", "fp32, bf16, fp16"),
-    ("param.init=photos", "noise, dataset_examples"),
-    ("optimizer=descent_l2 optimizer.metric=l3", "l2, linf, decorrelated"),
-    ("task=gallery task.name=album", "render, dataset_examples, gallery"),
-])
-def test_closed_sets_fail_at_compose_time_naming_the_choices(override: str, choices: str) -> None:
-    with pytest.raises(ConfigCompositionException) as error:
-        compose_config(*override.split())
-    assert choices in str(error.value.__cause__ or error.value)
 
 
 @pytest.mark.slow

@@ -10,10 +10,11 @@ from pathlib import Path
 def config_dir() -> Path:
     """The `conf/` folder: the repository's top-level `conf/`, installed inside the package as `fvexp.conf`.
 
-    Found through the import system, so it is there however fvexp is installed (a wheel, an
-    editable checkout, a zip-free site-packages folder).
+    Running from a source tree (an editable install, or PYTHONPATH), that tree's own `conf/`;
+    installed from a wheel, the package `fvexp.conf`, found through the import system.
     """
-    return Path(str(files("fvexp.conf")))
+    checkout = Path(__file__).resolve().parents[2] / "conf"
+    return checkout if (checkout / "config.yaml").is_file() else Path(str(files("fvexp.conf")))
 
 
 def launch_dir() -> Path:

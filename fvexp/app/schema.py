@@ -11,7 +11,7 @@ count, say) are checked by `validate` before anything heavy is loaded.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, make_dataclass
 from enum import StrEnum
 from typing import Any
 
@@ -86,24 +86,14 @@ def _param(target: str) -> type:
 OPTVIS = "fvexp.optvis"
 LAYER_OF_OBJECTIVE = (str | None, None)  # None: the objective's own layer
 
-L1Term = _term(f"{OPTVIS}.regularizers.l1")
-L2Term = _term(f"{OPTVIS}.regularizers.l2")
-TVTerm = _term(f"{OPTVIS}.regularizers.total_variation")
-BlurTerm = _term(f"{OPTVIS}.regularizers.blur")
-BilateralTerm = _term(f"{OPTVIS}.regularizers.bilateral")
+# Frequency penalties on the image, each subtracted as weight·penalty; weight 0 (the default) turns one off.
+# A new penalty is one entry here: its config key and its function in fvexp.optvis.regularizers.
+REGULARIZERS = {"l1": "l1", "l2": "l2", "tv": "total_variation", "blur": "blur", "bilateral": "bilateral"}
+RegularizersConfig = make_dataclass("RegularizersConfig", [
+    (key, term, field(default_factory=term))
+    for key, term in ((key, _term(f"{OPTVIS}.regularizers.{name}")) for key, name in REGULARIZERS.items())])
 DiversityTerm = _term(f"{OPTVIS}.objectives.diversity", layer=LAYER_OF_OBJECTIVE)
 AlignmentTerm = _term(f"{OPTVIS}.objectives.alignment", layer=LAYER_OF_OBJECTIVE)
-
-
-@dataclass
-class RegularizersConfig:
-    """Frequency penalties on the image, each added as −weight·penalty; weight 0 turns one off."""
-
-    l1: L1Term = field(default_factory=L1Term)  # type: ignore[valid-type]
-    l2: L2Term = field(default_factory=L2Term)  # type: ignore[valid-type]
-    tv: TVTerm = field(default_factory=TVTerm)  # type: ignore[valid-type]
-    blur: BlurTerm = field(default_factory=BlurTerm)  # type: ignore[valid-type]
-    bilateral: BilateralTerm = field(default_factory=BilateralTerm)  # type: ignore[valid-type]
 
 
 @dataclass
@@ -117,7 +107,7 @@ class Config:
     render: RenderConfig = field(default_factory=RenderConfig)
     data: DataConfig = field(default_factory=DataConfig)
     task: Any = None
-    regularizers: RegularizersConfig = field(default_factory=RegularizersConfig)
+    regularizers: RegularizersConfig = field(default_factory=RegularizersConfig)  # type: ignore[valid-type]
     diversity: DiversityTerm = field(default_factory=DiversityTerm)  # type: ignore[valid-type]
     alignment: AlignmentTerm = field(default_factory=AlignmentTerm)  # type: ignore[valid-type]
     model: Any = None
