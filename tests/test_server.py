@@ -145,6 +145,7 @@ def test_a_sweep_logged_to_the_server_is_all_there(server: tuple[str, Path], dat
         assert sorted(cursor.fetchall()) == sorted((r.info.run_id, "FINISHED") for r in runs)
 
 
+@pytest.mark.slow
 def test_an_unreachable_database_is_one_clear_error(tmp_path: Path) -> None:
     port = free_port()  # nothing listens there
     done = subprocess.run(server_command("--backend-store-uri", f"postgresql://fvexp:secret@127.0.0.1:{port}/runs",
