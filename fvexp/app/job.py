@@ -8,6 +8,8 @@ command line (`fvexp.app.cli`) and the Python API (`fvexp.app.api`) both run job
 from __future__ import annotations
 
 import json
+import os
+import socket
 import sys
 import time
 from collections.abc import Callable
@@ -31,9 +33,10 @@ from fvexp.app.build import (
     resolve_device,
 )
 from fvexp.app.gallery import gallery
-from fvexp.app.recorder import Recorder
+from fvexp.app.recorder import Guarded, Recorder
 from fvexp.app.result import Job, Result
 from fvexp.app.schema import thresholds, validate
+from fvexp.credentials import redact
 from fvexp.errors import FvexpError
 from fvexp.optvis import examples, sanity
 from fvexp.optvis.data import open_image
@@ -57,12 +60,15 @@ def execute(cfg: DictConfig, job: Job) -> Result:
     device = resolve_device(cfg.device)
     job.out_dir.mkdir(parents=True, exist_ok=True)
     settings = OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
-    tracker: Recorder = build(cfg.tracking)
-    tracker.start(job.name, dict(flatten(settings)),
-                  {**describe(device), **job.tags, "overrides": " ".join(job.overrides)},
-                  {"config.yaml": OmegaConf.to_yaml(cfg, resolve=True),  # in order: transforms run in it
-                   "overrides.yaml": OmegaConf.to_yaml(OmegaConf.create(job.overrides)), **environment_files()})
+    built: Recorder = build(cfg.tracking)
+    tracker = Guarded(built, getattr(built, "on_error", "warn"), redact(str(getattr(built, "uri", ""))))
+    process = {"fvexp.host": socket.gethostname(), "fvexp.pid": str(os.getpid())}  # to find runs whose process died
     try:
+        tracker.start(job.name, {key: redact(str(value)) for key, value in flatten(settings)},
+                      {**describe(device), **job.tags, **process, "overrides": redact(" ".join(job.overrides))},
+                      {"config.yaml": redact(OmegaConf.to_yaml(cfg, resolve=True)),  # in order: transforms run in it
+                       "overrides.yaml": redact(OmegaConf.to_yaml(OmegaConf.create(job.overrides))),
+                       **environment_files()})
         torch.manual_seed(cfg.seed)
         model = configure(job.model, cfg, device) if job.model is not None else build_model(cfg, device)
         if model.weights_path:

@@ -7,11 +7,15 @@ layer and extends this class.
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from PIL import Image
+
+from fvexp.credentials import redact
+from fvexp.errors import FvexpError
 
 
 class Recorder:
@@ -40,3 +44,87 @@ class Recorder:
 
     def finish(self, status: str, error: str | None = None) -> None:
         """End the run as FINISHED, FAILED or KILLED, keeping everything logged so far."""
+
+
+class Guarded(Recorder):
+    """A recorder whose failures never cost the run: tracking is a recorder, not a reason to stop.
+
+    A store that cannot be opened at the start ends the job at once with one line when
+    `on_error="fail"`, and otherwise is reported in one line and left out (`warn`, the default).
+    A store that fails during the run is left alone after its first error, so that the
+    render does not wait on it step after step; at the end the run is still ended there if the
+    store is back, and one line says what could not be recorded. The run folder has it all.
+    """
+
+    def __init__(self, inner: Recorder, on_error: str = "warn", where: str = "") -> None:
+        self.inner: Recorder | None = inner
+        self.on_error, self.where = on_error, where
+        self.failure: str | None = None  # the first error during the run
+        self.missed: dict[str, int] = {}  # what was not recorded after it, by kind
+
+    @property
+    def run_id(self) -> str | None:  # type: ignore[override]
+        return self.inner.run_id if self.inner else None
+
+    def start(self, name: str | None, params: Mapping[str, Any], tags: Mapping[str, str],
+              files: Mapping[str, str]) -> None:
+        try:
+            self.inner.start(name, params, tags, files)
+        except Exception as error:
+            reason = f"cannot record this run in {self.where or 'the tracking store'}: {describe(error)}"
+            if self.on_error == "fail":
+                raise FvexpError(f"{reason} (tracking.on_error=fail; tracking.on_error=warn renders without "
+                                 "tracking, tracking=none turns it off)") from None
+            print(f"fvexp: warning: {reason}; rendering without tracking (tracking.on_error=fail stops instead)",
+                  file=sys.stderr)
+            self.inner = None
+
+    def _call(self, kind: str, method: str, *args: Any) -> None:
+        if self.inner is None:
+            return
+        if self.failure is not None:
+            self.missed[kind] = self.missed.get(kind, 0) + 1
+            return
+        try:
+            getattr(self.inner, method)(*args)
+        except Exception as error:
+            self.failure = describe(error)
+            self.missed[kind] = self.missed.get(kind, 0) + 1
+
+    def log_step(self, step: int, value: float) -> None:
+        self._call("objective values", "log_step", step, value)
+
+    def log_image(self, image: Image.Image, step: int) -> None:
+        self._call("images along the way", "log_image", image, step)
+
+    def log_metrics(self, metrics: Mapping[str, float]) -> None:
+        self._call("metric sets", "log_metrics", metrics)
+
+    def log_file(self, path: Path, folder: str | None = None) -> None:
+        self._call("files", "log_file", path, folder)
+
+    def set_tags(self, tags: Mapping[str, str]) -> None:
+        self._call("tag sets", "set_tags", tags)
+
+    def finish(self, status: str, error: str | None = None) -> None:
+        if self.inner is None:
+            return
+        ended = True
+        try:  # the store may be back: end the run there, saying it is incomplete
+            if self.failure is not None:
+                self.inner.set_tags({"fvexp.incomplete": f"tracking failed during the run: {self.failure}"})
+            self.inner.finish(status, error)
+        except Exception as late:
+            self.failure = self.failure or describe(late)
+            ended = False
+        if self.failure is not None:
+            lost = ", ".join(f"{count} {kind}" for kind, count in self.missed.items()) or "nothing"
+            state = f"the run was ended {status} there" if ended else "the run could not be ended there"
+            print(f"fvexp: warning: tracking in {self.where or 'the store'} failed during the run ({self.failure}); "
+                  f"not recorded: {lost}; {state}. The run folder holds everything", file=sys.stderr)
+
+
+def describe(error: Exception) -> str:
+    """An exception as one short line, credentials redacted: the first line of its message."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    return redact(f"{type(error).__name__}: {lines[0][:300]}" if lines else type(error).__name__)

@@ -75,10 +75,24 @@ def parameters(target: str) -> list[Parameter]:
 
 @cache
 def _tree(module: str) -> ast.Module:
-    spec = importlib.util.find_spec(module)
-    if spec is None or spec.origin is None:
+    return ast.parse(_source(module).read_text(encoding="utf-8"))
+
+
+def _source(module: str) -> Path:
+    """The file of `module`, found without importing it or its parent packages (`fvexp.optvis` imports torch)."""
+    top, *parts = module.split(".")
+    spec = importlib.util.find_spec(top)
+    if spec is None or not spec.submodule_search_locations and parts:
         raise LookupError(f"no module {module}")
-    return ast.parse(Path(spec.origin).read_text(encoding="utf-8"))
+    if not parts:
+        return Path(spec.origin)
+    folder = Path(next(iter(spec.submodule_search_locations)))
+    for part in parts[:-1]:
+        folder = folder / part
+    for candidate in (folder / parts[-1] / "__init__.py", folder / f"{parts[-1]}.py"):
+        if candidate.is_file():
+            return candidate
+    raise LookupError(f"no module {module}")
 
 
 @cache

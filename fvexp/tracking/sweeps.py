@@ -12,7 +12,9 @@ processes (joblib, Ray, SLURM).
 
 from __future__ import annotations
 
+import atexit
 import json
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +22,9 @@ from hydra.experimental.callback import Callback
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from fvexp.app.cli import JOBS_FILE, sweep_key
+from fvexp.app.cli import JOBS_FILE, sweep_key, sweep_stopped
+from fvexp.app.recorder import describe
+from fvexp.credentials import redact
 from fvexp.tracking.store import PARENT, find_parent
 from fvexp.tracking.writer import MlflowTracker
 
@@ -36,42 +40,59 @@ def sweep_name(config: DictConfig) -> str:
 class MlflowSweep(Callback):
     """Opens the sweep's parent run before the jobs and closes it after them, counting how they ended.
 
-    The parent ends FINISHED if any job finished, else FAILED; `fvexp.jobs.<status>` tags count the jobs.
+    The parent ends KILLED when the sweep was stopped (Ctrl-C, SIGTERM), else FINISHED if any job
+    finished, else FAILED; `fvexp.jobs.<status>` tags count the jobs.
     """
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
-        tracker = self._tracker(config)
+        tracker = self._tracker(config.tracking)
         if tracker is None:
             return
         key = sweep_key(config.hydra)
         tracker.open(sweep_name(config), {"fvexp.role": PARENT, "fvexp.sweep": key,
                                            "fvexp.experiment": config.hydra.runtime.choices.get("experiment") or "",
-                                           "overrides": " ".join(config.hydra.overrides.task)})
+                                           "overrides": redact(" ".join(config.hydra.overrides.task))})
         sweeper = OmegaConf.to_container(config.hydra.sweeper, resolve=True).get("params") or {}
         params = {f"sweep.{k}": v for k, v in sweeper.items()}
         params.update(dict(o.split("=", 1) for o in config.hydra.overrides.task if "=" in o))
-        tracker.log_params(params)
-        tracker.log_text(OmegaConf.to_yaml(config), "multirun.yaml")
+        tracker.log_params({name: redact(str(value)) for name, value in params.items()})
+        tracker.log_text(redact(OmegaConf.to_yaml(config)), "multirun.yaml")
+        atexit.register(self.end_if_stopped, tracker, key)  # Hydra calls no callback when a sweep is stopped
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
-        tracker = self._tracker(config)
-        if tracker is None:
-            return
-        experiment = tracker.experiment_id()
-        key = sweep_key(config.hydra)
-        parent = find_parent(tracker.client, experiment, key)
-        if parent is None:
-            return
-        jobs = tracker.client.search_runs([experiment], f"tags.`mlflow.parentRunId` = '{parent}'", max_results=5000)
-        statuses = [job.info.status for job in jobs]
-        counts = {status: statuses.count(status) for status in ("FINISHED", "FAILED", "KILLED")}
-        for status, count in counts.items():
-            tracker.client.set_tag(parent, f"fvexp.jobs.{status.lower()}", str(count))
-        tracker.client.set_terminated(parent, "FINISHED" if counts["FINISHED"] else "FAILED")
-        Path(key).mkdir(parents=True, exist_ok=True)
-        (Path(key) / JOBS_FILE).write_text(json.dumps({"parent_run_id": parent, **counts}, indent=2) + "\n")
+        tracker = self._tracker(config.tracking)
+        if tracker is not None:
+            close(tracker, sweep_key(config.hydra), interrupted=sweep_stopped())
+            atexit.unregister(self.end_if_stopped)
 
     @staticmethod
-    def _tracker(config: DictConfig) -> MlflowTracker | None:
-        tracker = instantiate(config.tracking)
+    def end_if_stopped(tracker: MlflowTracker, key: str) -> None:
+        """At exit after a stopped sweep (Ctrl-C, SIGTERM): end its parent KILLED, counting the jobs that ran."""
+        try:
+            close(tracker, key, interrupted=True)
+        except Exception as error:  # the run folders hold every job's images whatever the store says
+            print(f"fvexp: warning: could not end the sweep's parent run in {redact(tracker.uri)}: "
+                  f"{describe(error)}", file=sys.stderr)
+
+    @staticmethod
+    def _tracker(tracking: Any) -> MlflowTracker | None:
+        tracker = instantiate(tracking)
         return tracker if isinstance(tracker, MlflowTracker) else None
+
+
+def close(tracker: MlflowTracker, key: str, interrupted: bool) -> None:
+    """Count the sweep's jobs by status on its parent run and in `jobs.json`, and end the parent."""
+    experiment = tracker.experiment_id()
+    parent = find_parent(tracker.client, experiment, key)
+    if parent is None:
+        return
+    jobs = tracker.client.search_runs([experiment], f"tags.`mlflow.parentRunId` = '{parent}'", max_results=5000)
+    statuses = [job.info.status for job in jobs]
+    counts = {status: statuses.count(status) for status in ("FINISHED", "FAILED", "KILLED", "RUNNING")}
+    for status, count in counts.items():
+        tracker.client.set_tag(parent, f"fvexp.jobs.{status.lower()}", str(count))
+    stopped = interrupted or counts["KILLED"] > 0  # a job is KILLED only when the sweep was stopped
+    status = "KILLED" if stopped else "FINISHED" if counts["FINISHED"] else "FAILED"
+    tracker.client.set_terminated(parent, status)
+    Path(key).mkdir(parents=True, exist_ok=True)
+    (Path(key) / JOBS_FILE).write_text(json.dumps({"parent_run_id": parent, **counts}, indent=2) + "\n")

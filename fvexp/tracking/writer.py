@@ -10,13 +10,15 @@ import os
 import time
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from PIL import Image
 
 from fvexp.app.places import launch_dir
 from fvexp.app.recorder import Recorder
+from fvexp.errors import FvexpError
 from fvexp.tracking.store import CHILD, default_store, find_parent
+from fvexp.tracking.uris import HTTP_LIMITS, check_store, creating, sqlite_path
 
 METRIC_BATCH = 100  # per-step metrics are sent in batches, not one database write per step
 
@@ -57,21 +59,26 @@ class MlflowTracker(Recorder):
     a sweep becomes a child of the sweep's parent run (see `fvexp.tracking.sweeps`).
     """
 
-    def __init__(self, uri: str | None = None, experiment: str = "fvexp", run_name: str | None = None) -> None:
+    def __init__(self, uri: str | None = None, experiment: str = "fvexp", run_name: str | None = None,
+                 on_error: Literal["warn", "fail"] = "warn") -> None:
         self.default = uri is None and not os.environ.get("MLFLOW_TRACKING_URI")
         self.uri = uri or os.environ.get("MLFLOW_TRACKING_URI") or default_store()
-        self.experiment, self.run_name = experiment, run_name
+        self.experiment, self.run_name, self.on_error = experiment, run_name, on_error
         self.pending: list[Any] = []
         self._client: Any = None
 
     @property
     def client(self) -> Any:
         if self._client is None:
+            for name, value in HTTP_LIMITS.items():
+                os.environ.setdefault(name, value)
             import mlflow
 
             if self.default:
                 (launch_dir() / "outputs").mkdir(parents=True, exist_ok=True)
-            self._client = Retrying(mlflow.MlflowClient(self.uri))
+            check_store(self.uri)
+            with creating(self.uri):
+                self._client = Retrying(mlflow.MlflowClient(self.uri))
         return self._client
 
     def experiment_id(self) -> str:
@@ -80,7 +87,8 @@ class MlflowTracker(Recorder):
         found = self.client.get_experiment_by_name(self.experiment)
         if found:
             return found.experiment_id
-        location = (launch_dir() / "outputs" / "mlartifacts" / self.experiment).as_uri() if self.default else None
+        database = sqlite_path(self.uri)  # artifacts beside a SQLite store, not in ./mlruns of whatever folder
+        location = (database.parent / "mlartifacts" / self.experiment).as_uri() if database else None
         tags = {"mlflow.experimentKind": "custom_model_development",  # the UI's runs table, not its GenAI view
                 "mlflow.note.content": "fvexp feature visualizations: one run per job, images under Artifacts."}
         try:
@@ -96,6 +104,8 @@ class MlflowTracker(Recorder):
 
     def start(self, name: str | None, params: Mapping[str, Any], tags: Mapping[str, str],
               files: Mapping[str, str]) -> None:
+        if not self.experiment.strip():
+            raise FvexpError("tracking.experiment is empty; name the MLflow experiment, e.g. tracking.experiment=fvexp")
         tags = dict(tags)
         if tags.get("fvexp.sweep"):
             tags["fvexp.role"] = CHILD
