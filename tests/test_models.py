@@ -115,6 +115,7 @@ def test_layers_lists_shapes_and_channels(tmp_path: Path) -> None:
     done = subprocess.run([sys.executable, "-m", "fvexp.tools.layers", "render.size=224"], cwd=tmp_path, text=True,
                           capture_output=True, env={**__import__("os").environ, "PYTHONPATH": str(ROOT)})
     assert done.returncode == 0, done.stderr
-    lines = {line.split()[0]: line.split() for line in done.stdout.splitlines()[2:]}
-    assert lines["_blocks.8"][2:] == ["112×14×14", "112", "yes"]
-    assert lines["_fc"][2:] == ["1000", "1000", "yes"] and lines["_swish"][-1] == "no"
+    lines = {line.split()[0]: line.split(maxsplit=4) for line in done.stdout.splitlines()[2:]}
+    assert lines["_blocks.8"][2:] == ["112×14×14", "112", "channel, neuron, layer, direction"]
+    assert lines["_fc"][2:] == ["1000", "1000", "class_logit, class_prob, layer, direction"]
+    assert lines["_swish"][-1].split()[-1] == "-"

@@ -25,7 +25,7 @@ pytestmark = pytest.mark.slow
 
 def module(name: str, *args: str, cwd: Path, store: str) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": str(ROOT), "MLFLOW_TRACKING_URI": store}
-    return subprocess.run([sys.executable, "-m", f"fvexp.{name}", *args], cwd=cwd, env=env, capture_output=True,
+    return subprocess.run([sys.executable, "-m", f"fvexp.tools.{name}", *args], cwd=cwd, env=env, capture_output=True,
                           text=True, timeout=600)
 
 

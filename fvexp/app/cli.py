@@ -46,7 +46,7 @@ class Stop:
 
     @property
     def marker(self) -> Path:
-        return Path(tempfile.gettempdir()) / f"fvexp-stopped-{self.main_pid}"
+        return shared_file("stopped", self.main_pid)
 
     def install(self) -> None:
         """Handle SIGINT and SIGTERM in this process; a worker installs it again for each job."""
@@ -82,6 +82,11 @@ class Stop:
     @property
     def exit_code(self) -> int:
         return 128 + (self.signal or signal.SIGINT)
+
+
+def shared_file(name: str, pid: int | None = None) -> Path:
+    """A file the processes of one command share, named after its main process: a stopped sweep, its job counts."""
+    return Path(tempfile.gettempdir()) / f"fvexp-{pid or os.getpid()}-{name}"
 
 
 def sweep_stopped() -> bool:
@@ -180,15 +185,15 @@ def main() -> None:
         sys.exit(stop.exit_code)
     finally:
         stop.clear()
-    sys.exit(stop.exit_code if stop.signal else max(codes or outside_codes(), default=0))
+    outside = outside_codes()  # read (and removed) also when every job ran here
+    sys.exit(stop.exit_code if stop.signal else max(codes or outside, default=0))
 
 
 def outside_codes() -> list[int]:
-    """Exit codes of a sweep whose jobs ran elsewhere (joblib, Ray, SLURM), from the counts its callback wrote."""
-    if not HydraConfig.initialized() or HydraConfig.get().mode != RunMode.MULTIRUN:
-        return []
-    counts = Path(sweep_key(HydraConfig.get())) / JOBS_FILE
+    """Exit codes of a sweep whose jobs ran elsewhere (joblib, Ray, SLURM), from the counts its callback left."""
+    counts = shared_file(JOBS_FILE)
     if not counts.exists():
         return []
     jobs = json.loads(counts.read_text())
+    counts.unlink()
     return [code for status, code in (("FAILED", 1), ("KILLED", 130)) if jobs.get(status)]

@@ -106,6 +106,9 @@ def parse_channels(spec: object, count: int, layer: str) -> list[int]:
         wanted = [spec]
     elif isinstance(spec, str) and re.fullmatch(r"\s*\d+\s*-\s*\d+\s*", spec):
         first, last = (int(part) for part in spec.split("-"))
+        if first > last:
+            raise FvexpError(f"task.channels={spec!r} is a reversed range; write the lower channel first, "
+                             f"e.g. task.channels={last}-{first}")
         wanted = list(range(first, last + 1))
     elif isinstance(spec, str) or not all(isinstance(c, int) for c in spec):
         raise FvexpError(f"task.channels={spec!r} is not a channel list: give null (all), a list like [0,5,9] "

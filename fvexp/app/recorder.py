@@ -98,13 +98,13 @@ class Guarded(Recorder):
         self._call("images along the way", "log_image", image, step)
 
     def log_metrics(self, metrics: Mapping[str, float]) -> None:
-        self._call("metric sets", "log_metrics", metrics)
+        self._call("metrics", "log_metrics", metrics)
 
     def log_file(self, path: Path, folder: str | None = None) -> None:
         self._call("files", "log_file", path, folder)
 
     def set_tags(self, tags: Mapping[str, str]) -> None:
-        self._call("tag sets", "set_tags", tags)
+        self._call("tags", "set_tags", tags)
 
     def finish(self, status: str, error: str | None = None) -> None:
         if self.inner is None:
@@ -118,7 +118,7 @@ class Guarded(Recorder):
             self.failure = self.failure or describe(late)
             ended = False
         if self.failure is not None:
-            lost = ", ".join(f"{count} {kind}" for kind, count in self.missed.items()) or "nothing"
+            lost = ", ".join(f"{kind} ({count})" for kind, count in self.missed.items()) or "nothing"
             state = f"the run was ended {status} there" if ended else "the run could not be ended there"
             print(f"fvexp: warning: tracking in {self.where or 'the store'} failed during the run ({self.failure}); "
                   f"not recorded: {lost}; {state}. The run folder holds everything", file=sys.stderr)
@@ -127,4 +127,6 @@ class Guarded(Recorder):
 def describe(error: Exception) -> str:
     """An exception as one short line, credentials redacted: the first line of its message."""
     lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    if isinstance(error, FvexpError) and lines:
+        return redact(lines[0])
     return redact(f"{type(error).__name__}: {lines[0][:300]}" if lines else type(error).__name__)

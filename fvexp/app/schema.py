@@ -160,9 +160,12 @@ def validate(cfg: DictConfig) -> None:
     missing = sorted(OmegaConf.missing_keys(cfg))
     if missing:
         raise FvexpError(f"{', '.join(missing)} must be set, e.g. fvexp ... {missing[0]}=VALUE")
+    if cfg.threads is not None:
+        _require(cfg.threads >= 1, "threads", cfg.threads, "a positive number of torch CPU threads, or null for "
+                 "torch's default")
     render = cfg.render
     _require(render.steps >= 1, "render.steps", render.steps, "a positive number of optimization steps")
-    _require(render.size >= 1, "render.size", render.size, "the image side in pixels, at least 1")
+    check_size(render.size, "render.size")
     _require(render.batch >= 1, "render.batch", render.batch, "the number of images, at least 1")
     for step in render.thresholds or ():
         _require(1 <= step <= render.steps, "render.thresholds", list(render.thresholds),
@@ -172,17 +175,71 @@ def validate(cfg: DictConfig) -> None:
                  "data.dir=/data/imagenet/val (python -m fvexp.tools.demo DIR builds a small one)")
     _require(cfg.data.k >= 1, "data.k", cfg.data.k, "at least 1 example")
     _require(cfg.data.spectrum >= 1, "data.spectrum", cfg.data.spectrum, "at least 1 example")
-    _require(cfg.data.size >= 1, "data.size", cfg.data.size, "the image side in pixels, at least 1")
+    check_size(cfg.data.size, "data.size")
     _require(cfg.data.batch_size >= 1, "data.batch_size", cfg.data.batch_size, "at least 1")
     _require(cfg.data.workers >= 0, "data.workers", cfg.data.workers, "0 or more processes")
     if "per_batch" in cfg.task:
         _require(cfg.task.per_batch >= 1, "task.per_batch", cfg.task.per_batch, "at least 1 channel per batch")
-    if "lr" in cfg.optimizer:
-        _require(cfg.optimizer.lr > 0, "optimizer.lr", cfg.optimizer.lr, "a positive learning rate")
+    _validate_pieces(cfg)
     for term in ("diversity", "alignment"):
         if cfg[term].weight:
             _require(render.batch >= 2, "render.batch", render.batch,
                      f"at least 2 when {term}.weight is set: the {term} term compares the images of a batch")
+
+
+MAX_SIZE = 4096  # largest image side: a 4096 px image and the network's activations on it take gigabytes
+
+
+def check_size(size: int, key: str) -> None:
+    """An image side in pixels: at least 1, at most MAX_SIZE (one more doubling costs 4 times the memory)."""
+    _require(1 <= size <= MAX_SIZE, key, size, f"the image side in pixels, 1 to {MAX_SIZE}")
+
+
+def _validate_pieces(cfg: DictConfig) -> None:
+    """The ranges of the optimizer's, the parameterization's, the model's and the terms' settings that have one."""
+    optimizer, param = cfg.optimizer, cfg.param
+    if "lr" in optimizer:
+        _require(optimizer.lr > 0, "optimizer.lr", optimizer.lr, "a positive learning rate")
+    if "momentum" in optimizer:
+        _require(optimizer.momentum >= 0, "optimizer.momentum", optimizer.momentum, "0 or more (0: no momentum)")
+        if optimizer.get("nesterov"):
+            _require(optimizer.momentum > 0, "optimizer.momentum", optimizer.momentum,
+                     "positive with optimizer.nesterov=true (Nesterov momentum needs a momentum)")
+    if "betas" in optimizer:
+        betas = list(optimizer.betas)
+        _require(len(betas) == 2 and all(0 <= b < 1 for b in betas), "optimizer.betas", betas,
+                 "two numbers in [0, 1), the decay rates of the gradient's mean and square, e.g. [0.9,0.999]")
+    if "eps" in optimizer:
+        _require(optimizer.eps > 0, "optimizer.eps", optimizer.eps, "a small positive number, e.g. 1e-8")
+    if "weight_decay" in optimizer:
+        _require(optimizer.weight_decay >= 0, "optimizer.weight_decay", optimizer.weight_decay, "0 or more (0: off)")
+    for key, least, allowed in (("factor", 1, "a downscaling factor of at least 1 (1: full resolution)"),
+                                ("levels", 1, "at least 1 level (1: the full-resolution image alone)"),
+                                ("hidden", 1, "at least 1 channel per hidden layer"),
+                                ("layers", 0, "0 or more hidden layers"),
+                                ("grad_blur", 0, "0 (off) or a blur sigma in pixels")):
+        if param.get(key) is not None:
+            _require(param[key] >= least, f"param.{key}", param[key], allowed)
+    if param.get("frames") is not None:
+        _require(param.frames >= 1, "param.frames", param.frames, "at least 1 frame, or null for one per image")
+    if param.get("shared") is not None:
+        parts = [list(part) for part in param.shared]
+        _require(all(len(part) == 2 and min(part) >= 1 for part in parts), "param.shared", parts,
+                 "a list of [frames, factor] pairs, each at least 1, e.g. [[1,4],[2,8]]")
+    if cfg.model.get("std") is not None:
+        _require(all(value != 0 for value in cfg.model.std), "model.std", list(cfg.model.std),
+                 "non-zero values: the network's input is divided by them")
+    if cfg.objective.get("size") is not None:
+        check_size(cfg.objective.size, "objective.size")
+    blur, bilateral = cfg.regularizers.blur, cfg.regularizers.bilateral
+    _require(blur.sigma > 0, "regularizers.blur.sigma", blur.sigma, "a positive blur sigma in pixels")
+    _require(bilateral.sigma_space > 0, "regularizers.bilateral.sigma_space", bilateral.sigma_space,
+             "a positive distance sigma in pixels")
+    _require(bilateral.sigma_color > 0, "regularizers.bilateral.sigma_color", bilateral.sigma_color,
+             "a positive colour-difference sigma")
+    _require(bilateral.radius >= 0, "regularizers.bilateral.radius", bilateral.radius, "0 or more pixels")
+    _require(cfg.alignment.decay_ratio > 0, "alignment.decay_ratio", cfg.alignment.decay_ratio,
+             "a positive ratio by which the penalty falls per image of distance")
 
 
 def thresholds(cfg: DictConfig) -> list[int]:

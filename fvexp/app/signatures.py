@@ -82,7 +82,7 @@ def _source(module: str) -> Path:
     """The file of `module`, found without importing it or its parent packages (`fvexp.optvis` imports torch)."""
     top, *parts = module.split(".")
     spec = importlib.util.find_spec(top)
-    if spec is None or not spec.submodule_search_locations and parts:
+    if spec is None or (not spec.submodule_search_locations and parts):
         raise LookupError(f"no module {module}")
     if not parts:
         return Path(spec.origin)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import warnings
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -25,24 +26,53 @@ PREPROCESSING = "rgb, shorter side resized (bicubic, antialiased) to size, centr
 
 
 def scan(folder: str | Path, key: str = "data.dir") -> list[Path]:
-    """Every image file under `folder`, at any depth, in a stable (sorted) order."""
+    """Every image file under `folder`, at any depth, in a stable (sorted) order.
+
+    Symlinks are followed, but each real folder is read once: a link back to a parent folder (a loop)
+    or a second link to the same folder adds nothing. Subfolders that cannot be read are skipped
+    when others hold images; when none does, the error says which folder could not be read.
+    """
     root = Path(folder).expanduser()
-    if not root.is_dir():
+    try:
+        is_dir = root.is_dir()
+    except OSError as error:  # e.g. no permission to look into its parent folder
+        raise _unreadable(folder, root, error, key) from None
+    if not is_dir:
         raise FvexpError(f"{key}={str(folder)!r} is not a folder; point {key} at a folder of images "
                          f"({', '.join(sorted(SUFFIXES))}, at any depth), e.g. {key}=/data/imagenet/val")
-    files, others = [], 0
-    for directory, subdirs, names in os.walk(root, followlinks=True):  # datasets are often linked in
+    files, others, unreadable = [], 0, []
+    seen: set[tuple[int, int]] = set()
+    for directory, subdirs, names in os.walk(root, onerror=unreadable.append, followlinks=True):
+        try:
+            stat = os.stat(directory)
+        except OSError as error:
+            unreadable.append(error)
+            subdirs.clear()
+            continue
+        if (stat.st_dev, stat.st_ino) in seen:  # reached again through a symlink
+            subdirs.clear()
+            continue
+        seen.add((stat.st_dev, stat.st_ino))
         subdirs.sort()
         for name in sorted(names):
             if Path(name).suffix.lower() in SUFFIXES:
                 files.append(Path(directory) / name)
             elif not name.startswith("."):
                 others += 1
+    if not files and unreadable:
+        raise _unreadable(folder, root, unreadable[0], key)
     if not files:
         found = f"{others} other file(s) and no image" if others else "nothing"
         raise FvexpError(f"{key}={str(folder)!r} holds {found}: fvexp reads {', '.join(sorted(SUFFIXES))} files "
                          "at any depth")
     return files
+
+
+def _unreadable(folder: str | Path, root: Path, error: OSError, key: str) -> FvexpError:
+    """The error for a folder that cannot be read, naming the subfolder when it is not the folder itself."""
+    where = "" if Path(error.filename or root) == root else f" for {error.filename}"
+    return FvexpError(f"{key}={str(folder)!r} cannot be read ({(error.strerror or str(error)).lower()}{where}); "
+                      "give fvexp read access to it or choose another folder")
 
 
 def fingerprint(root: Path, files: list[Path]) -> str:
@@ -70,10 +100,16 @@ def preprocess(image: Image.Image, size: int) -> Tensor:
 
 
 def open_image(file: Path, size: int) -> Tensor | None:
-    """The preprocessed image, or None when the file cannot be decoded."""
+    """The preprocessed image, or None when the file cannot be decoded.
+
+    Images larger than PIL decodes (twice `Image.MAX_IMAGE_PIXELS`, its decompression-bomb guard) are
+    not decoded; those between the two limits are, without PIL's warning for each.
+    """
     try:
-        with Image.open(file) as image:
-            return preprocess(image, size)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(file) as image:
+                return preprocess(image, size)
     except (OSError, ValueError, Image.DecompressionBombError):
         return None
 

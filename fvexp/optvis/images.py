@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import math
+import re
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -63,13 +65,27 @@ def load(path: str | Path, size: int, key: str) -> Tensor:
     if not path.is_file():
         raise FvexpError(f"{key}: the image {str(path)!r} does not exist (give a path to a {'/'.join(SUFFIXES)} file)")
     try:
-        image = Image.open(path).convert("RGB")
+        with warnings.catch_warnings():  # PIL warns below its limit and refuses above twice the limit
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(path) as opened:
+                image = opened.convert("RGB")
+    except Image.DecompressionBombError as error:
+        raise FvexpError(too_large(path, error, key)) from None
     except OSError as error:
         raise FvexpError(f"{key}: cannot read {str(path)!r} as an image ({error})") from None
     side = min(image.size)
     left, top = (image.width - side) // 2, (image.height - side) // 2
     image = image.crop((left, top, left + side, top + side)).resize((size, size), Image.Resampling.BICUBIC)
     return torch.from_numpy(np.asarray(image, dtype=np.float32) / 255).permute(2, 0, 1)[None]
+
+
+def too_large(path: Path, error: Exception, key: str) -> str:
+    """The message for an image beyond PIL's decompression-bomb limit, with its size and the limit."""
+    found = re.search(r"\((\d+) pixels\)", str(error))
+    size = f"{int(found.group(1)):,} pixels" if found else "more pixels than that"
+    limit = 2 * (Image.MAX_IMAGE_PIXELS or 0)
+    return (f"{key}: the image {str(path)!r} has {size}, beyond the {limit:,} pixels PIL decodes (its guard against "
+            "decompression bombs); use a smaller copy of it, e.g. resized to 4096 px on its longer side")
 
 
 def contact_sheet(cells: list[tuple[Image.Image, str]], columns: int, side: int = 192) -> Image.Image:

@@ -281,11 +281,7 @@ def hub_weights(name: str, tag: str) -> str:
 
 def load_weights(net: nn.Module, path: str, name: str) -> None:
     """Load a state dict into `net`, naming the keys that do not match the architecture."""
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except (OSError, RuntimeError) as error:
-        raise FvexpError(f"cannot read model.weights_path={path!r} as a state dict ({error})") from None
-    state = state.get("state_dict", state) if isinstance(state, dict) else state
+    state = read_state_dict(path)
     own = net.state_dict()
     missing = [k for k in own if k not in state]
     unexpected = [k for k in state if k not in own and not k.startswith("aux")]  # inception's training heads
@@ -297,6 +293,56 @@ def load_weights(net: nn.Module, path: str, name: str) -> None:
                                      ("shape mismatches", mismatched)) if keys]
         raise FvexpError(f"the weights in {path} do not match the {name} architecture; " + "; ".join(parts))
     net.load_state_dict({k: v for k, v in state.items() if k in own})
+
+
+STATE_DICT = "a state dict: parameter names to tensors, as torch.save(net.state_dict(), PATH) writes"
+
+
+def read_state_dict(path: str) -> dict[str, Tensor]:
+    """The state dict in the file at `path` (or under a checkpoint's `state_dict`), tensors only, no code run."""
+    import pickle
+    import warnings
+    import zipfile
+
+    key = f"model.weights_path={path!r}"
+    if not Path(path).is_file():
+        what = "is a folder" if Path(path).is_dir() else "does not exist"
+        raise FvexpError(f"{key} {what}; give the file of {STATE_DICT}")
+    try:
+        with warnings.catch_warnings():  # torch warns about pickle protocols it then refuses anyway
+            warnings.simplefilter("ignore")
+            state = torch.load(path, map_location="cpu", weights_only=True)
+    except OSError as error:
+        raise FvexpError(f"{key} cannot be read ({(error.strerror or str(error)).lower()}); give the file of "
+                         f"{STATE_DICT}") from None
+    except pickle.UnpicklingError:
+        what = ("holds pickled Python objects besides tensors (a whole model saved with torch.save(net, PATH)?), "
+                "which fvexp does not unpickle" if zipfile.is_zipfile(path) else "is not a torch file of tensors")
+        raise FvexpError(f"{key} {what}; fvexp loads only {STATE_DICT}") from None
+    except Exception:  # torch.load fails in many ways on files it did not write: empty, text, truncated
+        empty = Path(path).stat().st_size == 0
+        raise FvexpError(f"{key} {'is empty' if empty else 'is not a torch file of tensors'}; fvexp loads only "
+                         f"{STATE_DICT}") from None
+    if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
+        state = state["state_dict"]
+    if not isinstance(state, dict) or not any(isinstance(v, Tensor) for v in state.values()):
+        raise FvexpError(f"{key} holds {_described(state)}, not {STATE_DICT}")
+    return {str(k): v for k, v in state.items()}
+
+
+def _described(value: object) -> str:
+    """What a loaded object is, in a few words: `a list of 2 items`, `a dict with keys epoch, model`."""
+    if isinstance(value, Tensor):
+        return f"a tensor of shape {tuple(value.shape)}"
+    if isinstance(value, dict):
+        keys = [str(k) for k in value]
+        nested = [k for k, v in value.items() if isinstance(v, dict) and any(isinstance(t, Tensor) for t in v.values())]
+        hint = f" (its {nested[0]!r} entry looks like the state dict: save that one)" if nested else ""
+        return (f"a dict with keys {', '.join(keys[:5])}{' ...' if len(keys) > 5 else ''}{hint}" if keys
+                else "an empty dict")
+    if isinstance(value, list | tuple):
+        return f"a {type(value).__name__} of {len(value)} items"
+    return f"a {type(value).__name__}"
 
 
 def custom(net: nn.Module, weights_path: str | None = None, mean: Sequence[float] = IMAGENET_MEAN,

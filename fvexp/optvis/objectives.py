@@ -4,6 +4,10 @@ An objective returns one value per image of the batch. It names the layers it re
 are hooked, and carries preparations that run once against the model before any optimization: they
 validate (a channel out of range fails at once, not after a minute of work) and precompute (a
 reference image's activations). The key `input` holds the images before the transforms.
+
+Each objective reads the kinds of layer output that `ACCEPTS` lists for it (channels and neurons
+need (batch, channels, h, w) feature maps, class objectives (batch, classes) vectors, ...); its
+first preparation rejects any other layer, naming an objective that can read that one.
 """
 
 from __future__ import annotations
@@ -110,6 +114,71 @@ def _constant(value: float) -> Objective:
     return Objective(lambda acts: torch.as_tensor(float(value)), frozenset(), f"{value:g}")
 
 
+# The kinds of layer output an objective can read, by the shape of the output.
+MAPS, VECTORS, SEQUENCES = "maps", "vectors", "sequences"  # (B, C, H, W), (B, C), (B, N, C)
+KIND_OF_RANK = {4: MAPS, 2: VECTORS, 3: SEQUENCES}
+KIND_NAMES = {MAPS: "(batch, channels, h, w) feature maps", VECTORS: "(batch, features) vectors",
+              SEQUENCES: "(batch, tokens, channels) sequences"}
+# Which kinds of output each objective (by its objective=... name) and batch term reads.
+ACCEPTS: dict[str, tuple[str, ...]] = {
+    "channel": (MAPS,), "neuron": (MAPS,), "class_logit": (VECTORS,), "class_prob": (VECTORS,),
+    "class_logsumexp": (VECTORS,), "layer": (MAPS, VECTORS, SEQUENCES), "direction": (MAPS, VECTORS),
+    "random_direction": (MAPS, VECTORS), "style": (MAPS,), "inversion": (MAPS, VECTORS, SEQUENCES),
+    "diversity": (MAPS,), "alignment": (MAPS, VECTORS, SEQUENCES),
+}
+LISTED = ("channel", "neuron", "class_logit", "class_prob", "layer", "direction")  # what fvexp-layers shows
+
+
+def kind(shape: Sequence[int]) -> str | None:
+    """`maps`, `vectors` or `sequences` for a layer's output shape; None for any other rank."""
+    return KIND_OF_RANK.get(len(shape))
+
+
+def readers(shape: Sequence[int]) -> list[str]:
+    """The objectives (objective=... names, the main ones) that can read a layer of this output shape."""
+    return [name for name in LISTED if kind(shape) in ACCEPTS[name]]
+
+
+def _describe(shape: Sequence[int]) -> str:
+    dims = ", ".join(["batch", *map(str, shape[1:])])
+    return f"({dims}) " + {MAPS: "feature maps", VECTORS: "vectors", SEQUENCES: "sequences"}.get(kind(shape), "outputs")
+
+
+def _check_kind(layer: str, objective: str, unit: int | None = None, key: str = "layer") -> Prepare:
+    """A preparation that rejects a layer whose output `objective` cannot read, naming what can read it.
+
+    `unit` is the channel or class index the objective reads, repeated in the advice; `key` the config
+    key that named the layer when it is not `objective.layer` (a batch term's, style's list).
+    """
+    accepts = ACCEPTS[objective]
+
+    def check(model: FeatureModel, shapes: Shapes) -> None:
+        shape = shapes.get(layer)
+        got = kind(shape) if shape is not None else accepts[0]  # not probed: nothing to check
+        if got in accepts:
+            return
+        name = model.logits_layer if layer == LOGITS and model.logits_layer else layer
+        index = unit if unit is not None and len(shape) > 1 and 0 <= unit < shape[1] else "N"
+        logits = model.logits_layer if model.logits_layer not in ("", name) else ""
+        reader = f"the {objective} term" if objective in ("diversity", "alignment") else f"objective={objective}"
+        if key != "layer":
+            advice = f"set {key} to {'layers' if key.endswith('s') else 'a layer'} with feature maps"
+        elif got == VECTORS:
+            advice = f"use objective=class_logit objective.layer={name} objective.label={index}"
+        elif got == MAPS:
+            advice = f"use objective=channel objective.layer={name} objective.channel={index}" + (
+                f", or a layer with vectors such as {logits}" if logits else "")
+        elif got == SEQUENCES:
+            advice = f"use objective=layer objective.layer={name}"
+        else:
+            advice = "choose another layer"
+        wanted = "(batch, classes) vectors" if accepts == (VECTORS,) else " or ".join(KIND_NAMES[k] for k in accepts)
+        raise FvexpError(f"{key} {name!r} gives {_describe(shape)}, not the {wanted} {reader} reads; "
+                         f"{advice} (fvexp-layers lists which objectives fit each layer)")
+
+    return check
+
+
 def _check_channel(layer: str, channel: int) -> Prepare:
     def check(model: FeatureModel, shapes: Shapes) -> None:
         count = shapes[layer][1]
@@ -131,10 +200,7 @@ def neuron(layer: str, channel: int, x: int | None = None, y: int | None = None)
         return act[:, channel, h // 2 if y is None else y, w // 2 if x is None else x]
 
     def check_position(model: FeatureModel, shapes: Shapes) -> None:
-        shape = shapes[layer]
-        if len(shape) != 4:
-            raise FvexpError(f"layer {layer!r} has no spatial positions (shape {tuple(shape)}); use objective=channel")
-        h, w = shape[-2:]
+        h, w = shapes[layer][-2:]
         if (x is not None and not 0 <= x < w) or (y is not None and not 0 <= y < h):
             raise FvexpError(
                 f"position x={x}, y={y} is outside layer {layer!r}, whose map is {h}x{w} at this image "
@@ -143,7 +209,8 @@ def neuron(layer: str, channel: int, x: int | None = None, y: int | None = None)
 
     where = "centre" if x is None and y is None else f"x={x},y={y}"
     name = f"neuron {layer}:{channel}@{where}"
-    return Objective(value, frozenset({layer}), name, (_check_channel(layer, channel), check_position),
+    return Objective(value, frozenset({layer}), name,
+                     (_check_kind(layer, "neuron", channel), _check_channel(layer, channel), check_position),
                      Unit(layer, channel, (y, x)))
 
 
@@ -153,21 +220,22 @@ def channel(layer: str, channel: int) -> Objective:
         lambda acts: acts[layer][:, channel].flatten(1).mean(1),
         frozenset({layer}),
         f"channel {layer}:{channel}",
-        (_check_channel(layer, channel),),
+        (_check_kind(layer, "channel", channel), _check_channel(layer, channel)),
         Unit(layer, channel),
     )
 
 
 def layer(layer: str) -> Objective:
     """DeepDream: mean of squared activations of a whole layer, amplifying whatever is there."""
-    return Objective(lambda acts: acts[layer].pow(2).flatten(1).mean(1), frozenset({layer}), f"layer {layer}")
+    return Objective(lambda acts: acts[layer].pow(2).flatten(1).mean(1), frozenset({layer}), f"layer {layer}",
+                     (_check_kind(layer, "layer"),))
 
 
 def class_logit(label: int | str, layer: str = LOGITS, classes: str | Sequence[str] = "imagenet") -> Objective:
     """A class's pre-softmax logit, which the article finds gives better images than probability."""
     index = class_index(label, classes)
     return Objective(lambda acts: acts[layer][:, index], frozenset({layer}), f"logit {label}",
-                     (_check_channel(layer, index),), Unit(layer, index))
+                     (_check_kind(layer, "class_logit", index), _check_channel(layer, index)), Unit(layer, index))
 
 
 def class_prob(label: int | str, layer: str = LOGITS, classes: str | Sequence[str] = "imagenet") -> Objective:
@@ -177,7 +245,7 @@ def class_prob(label: int | str, layer: str = LOGITS, classes: str | Sequence[st
         lambda acts: acts[layer].softmax(1)[:, index],
         frozenset({layer}),
         f"prob {label}",
-        (_check_channel(layer, index),),
+        (_check_kind(layer, "class_prob", index), _check_channel(layer, index)),
         Unit(layer, index, softmax=True),
     )
 
@@ -210,7 +278,7 @@ def class_logsumexp(label: int | str, layer: str = LOGITS, classes: str | Sequen
         lambda acts: acts[layer][:, index] - acts[layer].logsumexp(1),
         frozenset({layer}),
         f"logsumexp {label}",
-        (_check_channel(layer, index),),
+        (_check_kind(layer, "class_logsumexp", index), _check_channel(layer, index)),
         Unit(layer, index, softmax=True),  # the log of the probability ranks images alike
     )
 
@@ -235,7 +303,7 @@ def direction(layer: str, vector: list[float], cossim_pow: float = 0.0) -> Objec
                              f"{shapes[layer][1]} channels; give one weight per channel")
 
     return Objective(lambda acts: _dot_cossim(acts[layer], weights.to(acts[layer].device), cossim_pow),
-                     frozenset({layer}), f"direction {layer}", (check,))
+                     frozenset({layer}), f"direction {layer}", (_check_kind(layer, "direction"), check))
 
 
 def random_direction(layer: str, seed: int = 0, cossim_pow: float = 0.0) -> Objective:
@@ -247,18 +315,33 @@ def random_direction(layer: str, seed: int = 0, cossim_pow: float = 0.0) -> Obje
         vector[:] = [v / v.norm()]
 
     return Objective(lambda acts: _dot_cossim(acts[layer], vector[0].to(acts[layer].device), cossim_pow),
-                     frozenset({layer}), f"random direction {layer} #{seed}", (draw,))
+                     frozenset({layer}), f"random direction {layer} #{seed}",
+                     (_check_kind(layer, "random_direction"), draw))
 
 
 def combine(terms: list[Mapping[str, Any]]) -> Objective:
     """Neuron arithmetic: the sum of `weight · objective` over `terms` (e.g. two channels added)."""
     if not terms:
         raise FvexpError("objective.terms is empty; give a list of {weight: number, objective: {...}}")
+    for i, term in enumerate(terms):
+        if not isinstance(term, Mapping) or term.get("objective") is None:
+            raise FvexpError(f"objective.terms[{i}] has no objective; each term is {{weight: number, objective: "
+                             "{_target_: fvexp.optvis.objectives.channel, layer: ..., channel: ...}}")
+        if not isinstance(term["objective"], Objective):
+            raise FvexpError(f"objective.terms[{i}].objective={term['objective']!r} is not an objective; give one "
+                             "with its _target_, e.g. {_target_: fvexp.optvis.objectives.channel, layer: ..., "
+                             "channel: ...}")
     return sum(_weight(term.get("weight", 1.0), "objective.terms[].weight") * term["objective"] for term in terms)
 
 
 def interpolate(a: Objective, b: Objective) -> Objective:
     """Image i of the batch maximizes (1 − tᵢ)·a + tᵢ·b, tᵢ going from 0 to 1 across the batch."""
+    for key, end in (("a", a), ("b", b)):
+        if not isinstance(end, Objective):
+            given = "null" if end is None else repr(end)
+            raise FvexpError(f"objective.{key}={given} is not an objective; objective=interpolate needs two, "
+                             f"objective.a and objective.b, e.g. objective.{key}="
+                             "{_target_: fvexp.optvis.objectives.channel, layer: _blocks.8, channel: 5}")
 
     def value(acts: Mapping[str, Tensor]) -> Tensor:
         va, vb = a(acts), b(acts)
@@ -302,12 +385,8 @@ def diversity(layer: str) -> Objective:
         cosines = gram_cosines(acts[layer])
         return -(cosines.sum(1) - cosines.diagonal())
 
-    def check(model: FeatureModel, shapes: Shapes) -> None:
-        if len(shapes[layer]) != 4:
-            raise FvexpError(f"diversity.layer={layer!r} has no spatial map (shape {tuple(shapes[layer])}); "
-                             "choose a convolutional layer such as _blocks.8")
-
-    return Objective(value, frozenset({layer}), f"diversity {layer}", (check,))
+    return Objective(value, frozenset({layer}), f"diversity {layer}",
+                     (_check_kind(layer, "diversity", key="diversity.layer"),))
 
 
 def alignment(layer: str, decay_ratio: float = 2.0) -> Objective:
@@ -321,7 +400,8 @@ def alignment(layer: str, decay_ratio: float = 2.0) -> Objective:
             penalty = penalty + F.pad(gaps, (0, distance))
         return -penalty
 
-    return Objective(value, frozenset({layer}), f"alignment {layer}")
+    return Objective(value, frozenset({layer}), f"alignment {layer}",
+                     (_check_kind(layer, "alignment", key="alignment.layer"),))
 
 
 def style(layers: list[str], image: str, size: int = 224) -> Objective:
@@ -342,7 +422,8 @@ def style(layers: list[str], image: str, size: int = 224) -> Objective:
                   for layer in layers]
         return -sum(losses)
 
-    return Objective(value, frozenset(layers), f"style {Path(image).name}", (prepare,))
+    checks = tuple(_check_kind(layer, "style", key="objective.layers") for layer in layers)
+    return Objective(value, frozenset(layers), f"style {Path(image).name}", (*checks, prepare))
 
 
 def inversion(layer: str, image: str, size: int = 224) -> Objective:
@@ -359,7 +440,8 @@ def inversion(layer: str, image: str, size: int = 224) -> Objective:
             target = F.interpolate(target, size=act.shape[-2:], mode="bilinear", align_corners=False)
         return -(act - target).pow(2).flatten(1).mean(1) / target.pow(2).mean()
 
-    return Objective(value, frozenset({layer}), f"inversion {layer} {Path(image).name}", (prepare,))
+    return Objective(value, frozenset({layer}), f"inversion {layer} {Path(image).name}",
+                     (_check_kind(layer, "inversion"), prepare))
 
 
 def _weight(value: object, key: str) -> float:

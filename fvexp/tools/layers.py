@@ -2,8 +2,11 @@
 
     python -m fvexp.tools.layers [model=torchvision model.name=resnet18 ...] [render.size=224]
 
-Takes the same overrides as `fvexp`. A layer is usable when it runs exactly once per forward pass
-and gives a (batch, channels, h, w) map or a (batch, features) vector.
+Takes the same overrides as `fvexp`. The last column says which objectives can read each layer: a
+layer must run exactly once per forward pass, and then (batch, channels, h, w) feature maps take
+channel, neuron, layer and direction; (batch, features) vectors, such as the logits, class_logit,
+class_prob, layer and direction; (batch, tokens, channels) sequences only layer; `-` marks a layer
+no objective can read.
 """
 
 from __future__ import annotations
@@ -12,18 +15,21 @@ import sys
 
 import torch
 from hydra import compose, initialize_config_dir
+from hydra.errors import HydraException, MissingConfigException
+from omegaconf.errors import OmegaConfBaseException
 from torch import nn
 
 from fvexp.app.build import build
 from fvexp.app.places import config_dir
-from fvexp.app.schema import register
-from fvexp.errors import FvexpError
+from fvexp.app.schema import check_size, register
+from fvexp.errors import FvexpError, unknown
 from fvexp.optvis.models import FeatureModel
+from fvexp.optvis.objectives import readers
 
 
 @torch.no_grad()
-def table(model: FeatureModel, size: int) -> list[tuple[str, str, str, str, bool]]:
-    """(layer, module type, output shape, channels, usable) for every named module."""
+def table(model: FeatureModel, size: int) -> list[tuple[str, str, str, str, str]]:
+    """(layer, module type, output shape, channels, objectives that can read it or `-`) for every named module."""
     outputs: dict[str, list[tuple[int, ...]]] = {}
 
     def hook(name: str):
@@ -44,27 +50,47 @@ def table(model: FeatureModel, size: int) -> list[tuple[str, str, str, str, bool
     for name, module in modules:
         shapes = outputs.get(name, [])
         shape = shapes[0] if len(shapes) == 1 else ()
-        usable = len(shapes) == 1 and len(shape) in (2, 4)
+        fits = readers(shape) if shape else []
+        channels = str(shape[1]) if "channel" in fits or "class_logit" in fits else ""
         described = "×".join(map(str, shape[1:])) if shape else f"runs {len(shapes)} times"
-        rows.append((name, type(module).__name__, described, str(shape[1]) if usable else "", usable))
+        rows.append((name, type(module).__name__, described, channels, ", ".join(fits) or "-"))
     return rows
+
+
+def override_error(error: Exception) -> str:
+    """Hydra's or OmegaConf's complaint about an override as one line, without the config search path."""
+    if isinstance(error, MissingConfigException) and error.missing_cfg_file and error.options is not None:
+        group, _, option = error.missing_cfg_file.rpartition("/")
+        return str(unknown(f"{group} option" if group else "config", option, error.options))
+    lines = [line.strip() for part in (error, error.__cause__) if part is not None for line in str(part).splitlines()]
+    kept: list[str] = []
+    for line in lines:
+        if line.startswith(("Config search path", "Set the environment variable HYDRA_FULL_ERROR")):
+            break
+        if line and not line.startswith(("full_key:", "object_type=", "reference_type=")):
+            kept.append(line if line.endswith((".", ":")) else line + ".")
+    return " ".join(kept).rstrip(".") or type(error).__name__
 
 
 def main(argv: list[str] | None = None) -> None:
     register()
     overrides = sys.argv[1:] if argv is None else argv
     try:
-        with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
-            cfg = compose("config", overrides=overrides)
+        try:
+            with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
+                cfg = compose("config", overrides=overrides)
+        except (HydraException, OmegaConfBaseException) as error:
+            raise FvexpError(override_error(error)) from None
+        check_size(cfg.render.size, "render.size")
         model = build(cfg.model)
         rows = table(model, cfg.render.size)
     except FvexpError as error:
         raise SystemExit(f"fvexp.layers: error: {error}") from None
     width = max(len(r[0]) for r in rows)
     print(f"{type(model.net).__name__} at {cfg.render.size} px; logits layer: {model.logits_layer or '-'}")
-    print(f"{'layer':<{width}}  {'module':<28}  {'output (c×h×w)':<16}  channels  usable")
-    for name, kind, shape, channels, usable in rows:
-        print(f"{name:<{width}}  {kind[:28]:<28}  {shape:<16}  {channels:>8}  {'yes' if usable else 'no'}")
+    print(f"{'layer':<{width}}  {'module':<28}  {'output (c×h×w)':<16}  channels  objectives")
+    for name, kind, shape, channels, fits in rows:
+        print(f"{name:<{width}}  {kind[:28]:<28}  {shape:<16}  {channels:>8}  {fits}")
 
 
 if __name__ == "__main__":

@@ -22,7 +22,7 @@ from hydra.experimental.callback import Callback
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from fvexp.app.cli import JOBS_FILE, sweep_key, sweep_stopped
+from fvexp.app.cli import JOBS_FILE, shared_file, sweep_key, sweep_stopped
 from fvexp.app.recorder import describe
 from fvexp.credentials import redact
 from fvexp.tracking.store import PARENT, find_parent
@@ -95,4 +95,6 @@ def close(tracker: MlflowTracker, key: str, interrupted: bool) -> None:
     status = "KILLED" if stopped else "FINISHED" if counts["FINISHED"] else "FAILED"
     tracker.client.set_terminated(parent, status)
     Path(key).mkdir(parents=True, exist_ok=True)
-    (Path(key) / JOBS_FILE).write_text(json.dumps({"parent_run_id": parent, **counts}, indent=2) + "\n")
+    readers = [Path(key) / JOBS_FILE] + ([] if interrupted else [shared_file(JOBS_FILE)])  # you; the exit code
+    for where in readers:
+        where.write_text(json.dumps({"parent_run_id": parent, **counts}, indent=2) + "\n")

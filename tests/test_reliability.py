@@ -1,0 +1,253 @@
+"""Whatever the tracking store does and however a run is stopped, what the run produced is kept."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import fvexp
+from fvexp.app.job import execute
+from fvexp.app.recorder import Recorder
+from fvexp.app.result import Job
+from fvexp.errors import FvexpError
+from fvexp.tracking.uris import check_store
+from tests.conftest import ROOT, free_port, make
+
+SHORT = ("render.steps=6", "render.size=64", "progress=false")
+
+
+class Flaky(Recorder):
+    """A store that works at the start, fails from the `fail_at`-th step on, and is back for the end."""
+
+    calls: list[str]  # what reached the store, in order
+
+    def __init__(self, uri: str = "", fail_at: int = 3) -> None:
+        self.uri, self.fail_at, self.calls, self.run_id = uri, fail_at, [], "flaky-run"
+        self.recorded: dict[str, Any] = {}
+
+    def start(self, name: str | None, params: Mapping[str, Any], tags: Mapping[str, str],
+              files: Mapping[str, str]) -> None:
+        self.recorded = {"params": dict(params), "tags": dict(tags), "files": dict(files)}
+        self.calls.append("start")
+
+    def log_step(self, step: int, value: float) -> None:
+        if step >= self.fail_at:
+            raise ConnectionError("the tracking server went away")
+        self.calls.append(f"step {step}")
+
+    def finish(self, status: str, error: str | None = None) -> None:
+        self.calls.append(f"finish {status}")
+
+
+def job_with(tracking: dict, tmp_path: Path, *overrides: str) -> tuple[Any, Job]:
+    cfg = make(*SHORT, *overrides)
+    cfg.tracking = tracking
+    return cfg, Job(tmp_path / "run", list(overrides))
+
+
+def test_a_store_that_fails_during_the_run_costs_nothing_and_is_said_once(tmp_path: Path, capsys) -> None:
+    cfg, job = job_with({"_target_": "tests.test_reliability.Flaky", "fail_at": 3}, tmp_path)
+    result = execute(cfg, job)
+    assert result.status == "FINISHED" and len(result.values) == 6
+    assert (job.out_dir / "image.png").exists() and (job.out_dir / "metrics.json").exists()
+    warnings = [line for line in capsys.readouterr().err.splitlines() if "tracking" in line]
+    assert warnings == ["fvexp: warning: tracking in the store failed during the run (ConnectionError: the tracking "
+                        "server went away); not recorded: objective values (4), images along the way (1), files (1), "
+                        "metrics (1); the run was ended FINISHED there. The run folder holds everything"]
+
+
+@pytest.mark.parametrize(("uri", "message"), [
+    ("nosuch://host/x", "tracking.uri=nosuch://host/x has an unknown scheme 'nosuch'; use sqlite:///PATH (a file), "
+                        "http(s)://HOST:PORT (a tracking server), postgresql://..., or a folder"),
+    ("sqlite:///{tmp}/missing/store.db", "the folder of the SQLite store {tmp}/missing/store.db does not exist; "
+                                         "create it, or choose another tracking.uri"),
+    ("sqlite:///{tmp}/notes.db", "{tmp}/notes.db is not an SQLite database (corrupt, or another kind of file); "
+                                 "move it away, or choose another tracking.uri"),
+    ("sqlite:///{tmp}", "the SQLite store {tmp} is a folder; name a database file, e.g. "
+                        "tracking.uri=sqlite:///{tmp}/mlflow.db"),
+    ("http://user:secret@127.0.0.1:{closed}", "cannot reach the tracking server http://user:***@127.0.0.1:{closed} "
+                                              "within 3 s ([Errno 111] Connection refused); start it, or choose "
+                                              "another tracking.uri"),
+])
+def test_a_store_that_cannot_be_used_is_one_line_naming_it(uri: str, message: str, tmp_path: Path) -> None:
+    (tmp_path / "notes.db").write_text("not a database\n")
+    closed = free_port()
+    fill = {"tmp": tmp_path, "closed": closed}
+    with pytest.raises(FvexpError) as error:
+        check_store(uri.format(**fill))
+    assert str(error.value) == message.format(**fill)
+    assert not (tmp_path / "missing").exists()
+
+
+def test_a_read_only_folder_is_one_line(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setattr(os, "access", lambda path, mode: Path(path) != tmp_path)  # root writes anywhere: pretend
+    with pytest.raises(FvexpError, match=rf"cannot write the SQLite store {tmp_path}/s\.db: {tmp_path} is read-only"):
+        check_store(f"sqlite:///{tmp_path}/s.db")
+
+
+@contextlib.contextmanager
+def silent_server() -> Iterator[int]:
+    """A port that accepts connections and never answers, as a hung tracking server does."""
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen()
+    accepted: list[socket.socket] = []
+    thread = threading.Thread(target=lambda: accepted.append(server.accept()[0]), daemon=True)
+    thread.start()
+    try:
+        yield server.getsockname()[1]
+    finally:
+        for connection in accepted:
+            connection.close()
+        server.close()
+
+
+def test_a_server_that_never_answers_is_found_within_seconds() -> None:
+    with silent_server() as port:
+        started = time.monotonic()
+        with pytest.raises(FvexpError, match=rf"cannot reach the tracking server http://127\.0\.0\.1:{port} within 3 s "
+                                             r"\(timed out\)"):
+            check_store(f"http://127.0.0.1:{port}")
+        assert time.monotonic() - started < 10
+
+
+@pytest.mark.slow  # MLflow and two real renders
+def test_warn_renders_without_tracking_and_fail_stops_before_any_work(tmp_path: Path, monkeypatch, capsys) -> None:
+    monkeypatch.chdir(tmp_path)
+    store = f"sqlite:///{tmp_path}/missing/store.db"
+    result = fvexp.run(*SHORT, f"tracking.uri={store}")
+    assert result.status == "FINISHED" and (result.run_dir / "image.png").exists() and result.run_id is None
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+        f"fvexp: warning: cannot record this run in {store}: the folder of the SQLite store "
+        f"{tmp_path}/missing/store.db does not exist; create it, or choose another tracking.uri; rendering without "
+        "tracking (tracking.on_error=fail stops instead)")
+    with pytest.raises(FvexpError, match=r"cannot record this run in .*; create it, or choose another tracking\.uri "
+                                         r"\(tracking\.on_error=fail; tracking\.on_error=warn renders without "
+                                         r"tracking, tracking=none turns it off\)$"):
+        fvexp.run(*SHORT, f"tracking.uri={store}", "tracking.on_error=fail")
+    with pytest.raises(FvexpError, match=r"tracking\.experiment is empty; name the MLflow experiment"):
+        fvexp.run(*SHORT, f"tracking.uri=sqlite:///{tmp_path}/s.db", "tracking.experiment=", "tracking.on_error=fail")
+
+
+@pytest.mark.slow  # MLflow opens the broken file
+def test_a_truncated_sqlite_store_is_one_line(tmp_path: Path, monkeypatch, capsys) -> None:
+    import sqlite3
+
+    database = tmp_path / "cut.db"
+    with sqlite3.connect(database) as connection:
+        connection.execute("CREATE TABLE t (x)")
+        connection.executemany("INSERT INTO t VALUES (?)", [(b"x" * 4000,)] * 50)
+    database.write_bytes(database.read_bytes()[:6000])  # the header survives, the rest is gone
+    monkeypatch.chdir(tmp_path)
+    result = fvexp.run(*SHORT, f"tracking.uri=sqlite:///{database}")
+    assert result.status == "FINISHED" and (result.run_dir / "image.png").exists()
+    warning = capsys.readouterr().err.strip().splitlines()[-1]
+    assert warning.startswith(f"fvexp: warning: cannot record this run in sqlite:///{database}: ")
+    assert "rendering without tracking" in warning
+
+
+def test_no_password_is_recorded(tmp_path: Path, monkeypatch) -> None:
+    import fvexp.app.job as jobs
+
+    uri = "http://alice:s3cret-pw@tracking.example:5000"
+    cfg, job = job_with({"_target_": "tests.test_reliability.Flaky", "uri": uri, "fail_at": 99}, tmp_path,
+                        f"tracking.uri={uri}")
+    recorder, build = Flaky(uri), jobs.build
+    monkeypatch.setattr(jobs, "build", lambda node, **kw: recorder if node is cfg.tracking else build(node, **kw))
+    execute(cfg, job)
+    recorded = json.dumps(recorder.recorded)
+    assert "s3cret-pw" not in recorded and "http://alice:***@tracking.example:5000" in recorded
+    assert recorder.recorded["params"]["tracking.uri"] == "http://alice:***@tracking.example:5000"
+    assert recorder.recorded["tags"]["overrides"] == "tracking.uri=http://alice:***@tracking.example:5000"
+
+
+def fvexp_process(*args: str, cwd: Path) -> subprocess.Popen:
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    env.pop("MLFLOW_TRACKING_URI", None)
+    return subprocess.Popen([sys.executable, "-m", "fvexp", *args], cwd=cwd, env=env, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
+
+
+def wait_for(check: Any, seconds: float = 180) -> None:
+    deadline = time.monotonic() + seconds
+    while not check():
+        assert time.monotonic() < deadline, "timed out waiting"
+        time.sleep(0.2)
+
+
+def runs(store: str) -> list[Any]:
+    import mlflow
+
+    client = mlflow.MlflowClient(store)
+    return [run for e in client.search_experiments() for run in client.search_runs([e.experiment_id])]
+
+
+@pytest.mark.slow
+def test_sigterm_keeps_the_image_ends_the_run_killed_and_exits_143(tmp_path: Path) -> None:
+    store = f"sqlite:///{tmp_path / 'store.db'}"
+    process = fvexp_process("render.steps=5000", "render.size=64", "progress=false", f"tracking.uri={store}",
+                            f"hydra.run.dir={tmp_path / 'run'}", cwd=tmp_path)
+    wait_for(lambda: (tmp_path / "run" / "steps" / "step_00016.png").exists())
+    process.send_signal(signal.SIGTERM)
+    stdout, stderr = process.communicate(timeout=120)
+    assert process.returncode == 143, stderr
+    assert stdout.strip() == str(tmp_path / "run" / "image.png") and "Traceback" not in stderr
+    assert [run.info.status for run in runs(store)] == ["KILLED"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("launcher", "sig", "code"), [("basic", signal.SIGTERM, 143), ("joblib", signal.SIGTERM, 143),
+                                                       ("joblib", signal.SIGINT, 130)])
+def test_a_stopped_sweep_keeps_every_started_jobs_image_and_ends_its_parent(tmp_path: Path, launcher: str, sig: int,
+                                                                            code: int) -> None:
+    store = f"sqlite:///{tmp_path / 'store.db'}"
+    parallel = ["hydra.launcher.n_jobs=2", "threads=1"] if launcher == "joblib" else []
+    process = fvexp_process("-m", "objective.channel=1,2,3,4", "render.steps=5000", "render.size=64", "progress=false",
+                            f"tracking.uri={store}", f"hydra/launcher={launcher}", *parallel,
+                            f"hydra.sweep.dir={tmp_path / 'sweep'}", cwd=tmp_path)
+    started = 2 if launcher == "joblib" else 1
+    wait_for(lambda: len(list((tmp_path / "sweep").glob("*/steps/step_00016.png"))) >= started)
+    os.killpg(process.pid, sig) if sig == signal.SIGINT else process.send_signal(sig)  # Ctrl-C reaches the group
+    stdout, stderr = process.communicate(timeout=180)
+    assert process.returncode == code and "Traceback" not in stderr, stderr[-3000:]
+    jobs = [run for run in runs(store) if run.data.tags.get("fvexp.role") == "job"]
+    parent = next(run for run in runs(store) if run.data.tags.get("fvexp.role") == "parent")
+    assert len(jobs) >= started and all(run.info.status == "KILLED" for run in jobs)
+    images = sorted((tmp_path / "sweep").glob("*/image.png"))
+    assert len(images) == len(jobs) and all(str(image) in stdout for image in images)
+    assert parent.info.status == "KILLED" and parent.data.tags["fvexp.jobs.killed"] == str(len(jobs))
+    assert json.loads((tmp_path / "sweep" / "jobs.json").read_text())["KILLED"] == len(jobs)
+
+
+@pytest.mark.slow
+def test_two_runs_started_at_once_on_a_new_sqlite_store_are_both_recorded(tmp_path: Path) -> None:
+    store = f"sqlite:///{tmp_path / 'new.db'}"
+    processes = [fvexp_process(*SHORT, f"tracking.uri={store}", f"hydra.run.dir={tmp_path / str(i)}", cwd=tmp_path)
+                 for i in range(2)]
+    for process in processes:
+        _, stderr = process.communicate(timeout=300)
+        assert process.returncode == 0 and "warning" not in stderr, stderr[-3000:]
+    assert sorted(run.info.status for run in runs(store)) == ["FINISHED", "FINISHED"]
+
+
+@pytest.mark.slow
+def test_a_password_in_the_uri_is_in_no_file_and_no_message(tmp_path: Path) -> None:
+    uri = f"http://alice:s3cret-pw@127.0.0.1:{free_port()}"  # nothing listens: the run renders without tracking
+    process = fvexp_process(*SHORT, f"tracking.uri={uri}", f"hydra.run.dir={tmp_path / 'run'}", cwd=tmp_path)
+    stdout, stderr = process.communicate(timeout=300)
+    assert process.returncode == 0, stderr
+    assert "s3cret-pw" not in stdout + stderr and "alice:***@" in stderr
+    written = [path for path in (tmp_path / "run").rglob("*") if path.is_file() and path.suffix in (".yaml", ".log")]
+    assert written and not [path for path in written if "s3cret-pw" in path.read_text()]
