@@ -76,7 +76,7 @@ def test_a_store_that_fails_during_the_run_costs_nothing_and_is_said_once(tmp_pa
     ("sqlite:///{tmp}/notes.db", "{tmp}/notes.db is not an SQLite database (corrupt, or another kind of file); "
                                  "move it away, or choose another tracking.uri"),
     ("sqlite:///{tmp}", "the SQLite store {tmp} is a folder; name a database file, e.g. "
-                        "tracking.uri=sqlite:///{tmp}/mlflow.db"),
+                        "sqlite:///{tmp}/mlflow.db"),
     ("http://user:secret@127.0.0.1:{closed}", "cannot reach the tracking server http://user:***@127.0.0.1:{closed} "
                                               "within 3 s ([Errno 111] Connection refused); start it, or choose "
                                               "another tracking.uri"),
@@ -167,8 +167,9 @@ def test_no_password_is_recorded(tmp_path: Path, monkeypatch) -> None:
     recorder, build = Flaky(uri), jobs.build
     monkeypatch.setattr(jobs, "build", lambda node, **kw: recorder if node is cfg.tracking else build(node, **kw))
     execute(cfg, job)
-    recorded = json.dumps(recorder.recorded)
-    assert "s3cret-pw" not in recorded and "http://alice:***@tracking.example:5000" in recorded
+    files = {name: text for name, text in recorder.recorded["files"].items() if not name.startswith("environment/")}
+    recorded = json.dumps([recorder.recorded["params"], recorder.recorded["tags"], files])  # not the source diff
+    assert "s3cret-pw" not in recorded and "http://alice:***@tracking.example:5000" in files["config.yaml"]
     assert recorder.recorded["params"]["tracking.uri"] == "http://alice:***@tracking.example:5000"
     assert recorder.recorded["tags"]["overrides"] == "tracking.uri=http://alice:***@tracking.example:5000"
 
@@ -251,3 +252,15 @@ def test_a_password_in_the_uri_is_in_no_file_and_no_message(tmp_path: Path) -> N
     assert "s3cret-pw" not in stdout + stderr and "alice:***@" in stderr
     written = [path for path in (tmp_path / "run").rglob("*") if path.is_file() and path.suffix in (".yaml", ".log")]
     assert written and not [path for path in written if "s3cret-pw" in path.read_text()]
+
+
+@pytest.mark.slow  # imports MLflow
+def test_artifacts_of_any_sqlite_store_lie_beside_it(tmp_path: Path, monkeypatch) -> None:
+    from fvexp.tracking.writer import MlflowTracker
+
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    tracker = MlflowTracker(f"sqlite:///{tmp_path / 'a.db'}")
+    experiment = tracker.client.get_experiment(tracker.experiment_id())
+    assert experiment.artifact_location == (tmp_path / "mlartifacts" / "fvexp").as_uri()
+    assert not (tmp_path / "elsewhere" / "mlruns").exists()

@@ -66,9 +66,10 @@ def execute(cfg: DictConfig, job: Job) -> Result:
     try:
         tracker.start(job.name, {key: redact(str(value)) for key, value in flatten(settings)},
                       {**describe(device), **job.tags, **process, "overrides": redact(" ".join(job.overrides))},
-                      {"config.yaml": redact(OmegaConf.to_yaml(cfg, resolve=True)),  # in order: transforms run in it
-                       "overrides.yaml": redact(OmegaConf.to_yaml(OmegaConf.create(job.overrides))),
-                       **environment_files()})
+                      {name: redact(text) for name, text in {
+                          "config.yaml": OmegaConf.to_yaml(cfg, resolve=True),  # in order: transforms run in it
+                          "overrides.yaml": OmegaConf.to_yaml(OmegaConf.create(job.overrides)),
+                          **environment_files()}.items()})
         torch.manual_seed(cfg.seed)
         model = configure(job.model, cfg, device) if job.model is not None else build_model(cfg, device)
         if model.weights_path:

@@ -3,6 +3,10 @@
     python -m fvexp.tools.compare                          # the latest sweep in the store
     python -m fvexp.tools.compare PARENT_RUN_ID            # one sweep
     python -m fvexp.tools.compare --experiment fvexp --filter "params.`param._target_` = 'fvexp.optvis.params.Pixel'"
+    python -m fvexp.tools.compare --filter "params.seed = '0'"      # the runs of the experiment `fvexp` that match
+
+The runs are chosen one way: a sweep's RUN_ID, or --experiment and/or --filter (--filter alone
+searches the experiment `fvexp`, tracking.experiment's default), or nothing (the latest sweep).
 
 The sheet is a grid whose rows and columns are the overrides that vary across the runs (chosen
 automatically, or by --rows/--cols), each cell labelled with its overrides and a metric. Failed
@@ -18,6 +22,7 @@ import csv
 import html
 import itertools
 import os
+import sys
 import tempfile
 import textwrap
 from dataclasses import dataclass
@@ -26,12 +31,14 @@ from typing import Any
 
 from PIL import Image, ImageDraw
 
+from fvexp.credentials import redact
 from fvexp.errors import FvexpError
 from fvexp.optvis.images import contact_sheet
-from fvexp.tracking.store import PARENT, default_store, get_run, reader
+from fvexp.tracking.store import PARENT, STORE_HELP, default_store, get_run, reader, running_orphans
 
 SIDE = 192
 WRAP = 8  # cells across, at most, when only the columns vary
+EXPERIMENT = "fvexp"  # the experiment --filter searches without --experiment (tracking.experiment's default)
 
 
 @dataclass
@@ -45,12 +52,14 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("run_id", nargs="?", help="a sweep's parent run (default: the latest sweep)")
     parser.add_argument("--experiment", help="compare the runs of this MLflow experiment instead of a sweep")
-    parser.add_argument("--filter", default="", help="an MLflow search filter, with --experiment")
+    parser.add_argument("--filter", default="", help="an MLflow search filter, e.g. \"params.seed = '0'\": "
+                        f"compare the matching runs of --experiment (without it, of the experiment {EXPERIMENT!r})")
     parser.add_argument("--rows", help="override key laid out down the sheet")
     parser.add_argument("--cols", help="override key laid out across the sheet")
     parser.add_argument("--metric", default="objective_untransformed", help="metric printed under each image")
     parser.add_argument("--page-size", type=int, default=36, help="cells per contact sheet")
-    parser.add_argument("--store", default=os.environ.get("MLFLOW_TRACKING_URI") or default_store())
+    parser.add_argument("--store", default=os.environ.get("MLFLOW_TRACKING_URI") or default_store(),
+                        help=STORE_HELP)
     parser.add_argument("--out", type=Path, help="output folder (default outputs/compare/<sweep>)")
     args = parser.parse_args(argv)
     try:
@@ -61,8 +70,13 @@ def main(argv: list[str] | None = None) -> None:
 
 
 def compare(args: argparse.Namespace) -> list[Path]:
+    if args.run_id and (args.experiment or args.filter):
+        given = " and ".join(f for f, v in (("--experiment", args.experiment), ("--filter", args.filter)) if v)
+        raise FvexpError(f"give a sweep's RUN_ID or {given}, not both: RUN_ID compares that sweep, {given} the "
+                         "runs of an experiment")
     client = reader(args.store)
     parent, runs = select(client, args)
+    mention_orphans([*runs, *([parent] if parent else [])])
     if not any(r.info.status == "FINISHED" for r in runs):
         counts = ", ".join(f"{n} {s.lower()}" for s, n in sorted(count(r.info.status for r in runs).items()))
         raise FvexpError(f"{describe(parent, args)} has no finished runs ({counts or 'no runs at all'})")
@@ -91,17 +105,22 @@ def select(client: Any, args: argparse.Namespace) -> tuple[Any | None, list]:
     from mlflow.exceptions import MlflowException
 
     experiments = [e.experiment_id for e in client.search_experiments()]
-    if args.experiment:
-        found = client.get_experiment_by_name(args.experiment)
+    name = experiment_of(args)
+    if name:
+        found = client.get_experiment_by_name(name)
         if found is None:
             names = [e.name for e in client.search_experiments()]
-            raise FvexpError(f"no experiment {args.experiment!r} in {args.store}; experiments: {', '.join(names)}")
-        clause = " and ".join(f for f in (args.filter, f"tags.`fvexp.role` != '{PARENT}'") if f)
-        try:
-            return None, client.search_runs([found.experiment_id], clause, order_by=["attributes.start_time ASC"],
-                                            max_results=5000)
+            hint = "" if args.experiment else f" (--filter without --experiment searches the experiment {name!r})"
+            raise FvexpError(f"no experiment {name!r} in {redact(args.store)}{hint}; experiments: {', '.join(names)}")
+        try:  # parents are left out here, not in the filter: `tags.x != 'y'` also drops the runs without tag x
+            runs = [r for r in client.search_runs([found.experiment_id], args.filter,
+                                                  order_by=["attributes.start_time ASC"], max_results=5000)
+                    if r.data.tags.get("fvexp.role") != PARENT]
         except MlflowException as error:
-            raise FvexpError(f"bad --filter {args.filter!r}: {error.message}") from None
+            raise FvexpError(f"bad --filter {args.filter!r}: {one_line(error.message)}") from None
+        if not runs and args.filter:
+            raise FvexpError(f"no run of the experiment {name!r} matches --filter {args.filter!r}")
+        return None, runs
     if args.run_id:
         parent = get_run(client, args.run_id, args.store)
         if parent.data.tags.get("fvexp.role") != PARENT:
@@ -111,23 +130,43 @@ def select(client: Any, args: argparse.Namespace) -> tuple[Any | None, list]:
         latest = client.search_runs(experiments, f"tags.`fvexp.role` = '{PARENT}'",
                                     order_by=["attributes.start_time DESC"], max_results=1)
         if not latest:
-            raise FvexpError(f"no sweep in the store {args.store}; run one with fvexp -m ... first")
+            raise FvexpError(f"no sweep in the store {redact(args.store)}; run one with fvexp -m ... first")
         parent = latest[0]
     children = client.search_runs([parent.info.experiment_id], f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'",
                                   order_by=["attributes.start_time ASC"], max_results=5000)
     return parent, sorted(children, key=lambda r: int(r.data.tags.get("fvexp.job") or 0))  # the sweep's order
 
 
+def experiment_of(args: argparse.Namespace) -> str | None:
+    """The experiment whose runs are compared: --experiment, else `fvexp` with --filter; None for a sweep."""
+    return args.experiment or (EXPERIMENT if args.filter else None)
+
+
+def one_line(text: str) -> str:
+    return " ".join(text.split())
+
+
+def mention_orphans(runs: list) -> None:
+    """One line on stderr about RUNNING runs whose process is gone (killed outright): they will never end."""
+    orphans = running_orphans(runs)
+    if orphans:
+        are, its, them = ("is", "its", "it") if len(orphans) == 1 else ("are", "their", "them")
+        print(f"fvexp.compare: warning: {len(orphans)} run{'s' * (len(orphans) > 1)} {are} RUNNING but {its} "
+              f"process is gone; fvexp-orphans --mark ends {them}", file=sys.stderr)
+
+
 def folder_name(parent: Any | None, args: argparse.Namespace) -> str:
     """The sweep's own folder name (date_time), else the experiment's name."""
     if parent is None:
-        return args.experiment
+        return experiment_of(args)
     sweep = Path(parent.data.tags.get("fvexp.sweep", parent.info.run_id))
     return f"{sweep.parent.name}_{sweep.name}"
 
 
 def describe(parent: Any | None, args: argparse.Namespace) -> str:
-    return f"sweep {parent.info.run_name!r} ({parent.info.run_id})" if parent else f"experiment {args.experiment!r}"
+    if parent:
+        return f"sweep {parent.info.run_name!r} ({parent.info.run_id})"
+    return f"experiment {experiment_of(args)!r}" + (f" (--filter {args.filter!r})" if args.filter else "")
 
 
 def count(items: Any) -> dict[str, int]:

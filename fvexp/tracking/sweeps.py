@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import atexit
 import json
+import os
+import socket
 import sys
 from pathlib import Path
 from typing import Any
@@ -49,7 +51,8 @@ class MlflowSweep(Callback):
         if tracker is None:
             return
         key = sweep_key(config.hydra)
-        tracker.open(sweep_name(config), {"fvexp.role": PARENT, "fvexp.sweep": key,
+        tracker.open(sweep_name(config), {"fvexp.role": PARENT, "fvexp.sweep": key, "fvexp.host": socket.gethostname(),
+                                           "fvexp.pid": str(os.getpid()),  # fvexp-orphans ends it if killed
                                            "fvexp.experiment": config.hydra.runtime.choices.get("experiment") or "",
                                            "overrides": redact(" ".join(config.hydra.overrides.task))})
         sweeper = OmegaConf.to_container(config.hydra.sweeper, resolve=True).get("params") or {}

@@ -39,35 +39,59 @@ def sqlite_path(uri: str) -> Path | None:
 
 
 def check_store(uri: str) -> None:
-    """Raise `FvexpError` with one line if the store at `uri` cannot be used, before MLflow touches it."""
-    scheme = urlsplit(uri).scheme.split("+")[0].lower()
-    if len(scheme) > 1 and scheme not in SCHEMES:  # one letter: a Windows drive, a folder
-        raise FvexpError(f"tracking.uri={redact(uri)} has an unknown scheme {scheme!r}; use sqlite:///PATH (a file), "
-                         "http(s)://HOST:PORT (a tracking server), postgresql://..., or a folder")
+    """Raise `FvexpError` with one line if a run cannot record into `uri`, before MLflow touches it."""
+    scheme = check_scheme(uri, f"tracking.uri={redact(uri)}")
     database = sqlite_path(uri)
     if database is not None:
-        check_sqlite(database)
+        check_sqlite_file(database, "move it away, or choose another tracking.uri")
+        folder = database.parent
+        if not folder.is_dir():
+            raise FvexpError(f"the folder of the SQLite store {database} does not exist; create it, or choose another "
+                             "tracking.uri")
+        if not os.access(folder, os.W_OK) or (database.exists() and not os.access(database, os.W_OK)):
+            raise FvexpError(f"cannot write the SQLite store {database}: {folder} is read-only; choose a writable "
+                             "tracking.uri, or tracking=none")
     elif scheme in ("http", "https"):
         check_server(uri)
 
 
-def check_sqlite(database: Path) -> None:
-    folder = database.parent
+def check_readable(store: str) -> None:
+    """Raise `FvexpError` with one line if `store` names no existing store (the tools read), creating nothing."""
+    shown = redact(store)
+    scheme = check_scheme(store, f"the store {shown}")
+    database = sqlite_path(store)
+    fix = "name an existing store with --store or MLFLOW_TRACKING_URI, or run fvexp to create it"
+    if database is not None:
+        if not database.exists():
+            raise FvexpError(f"no MLflow store at {shown}: the file {database.absolute()} does not exist; {fix}")
+        check_sqlite_file(database, "name an MLflow store with --store or MLFLOW_TRACKING_URI")
+    elif scheme in ("", "file"):  # a folder store
+        folder = Path(urlsplit(store).path if scheme == "file" else store)
+        if not folder.is_dir():
+            raise FvexpError(f"no MLflow store at {shown}: the folder {folder.absolute()} does not exist; {fix}")
+    elif scheme in ("http", "https"):
+        check_server(store)
+
+
+def check_scheme(uri: str, named: str) -> str:
+    """The URI's scheme (without a `+driver`), if fvexp knows it; `named` is how the message names the URI."""
+    scheme = urlsplit(uri).scheme.split("+")[0].lower()
+    if len(scheme) > 1 and scheme not in SCHEMES:  # one letter: a Windows drive, a folder
+        raise FvexpError(f"{named} has an unknown scheme {scheme!r}; use sqlite:///PATH (a file), "
+                         "http(s)://HOST:PORT (a tracking server), postgresql://..., or a folder")
+    return scheme
+
+
+def check_sqlite_file(database: Path, fix: str) -> None:
+    """A SQLite store's path, where something exists there: a file that begins as SQLite files do."""
     if database.is_dir():
         raise FvexpError(f"the SQLite store {database} is a folder; name a database file, e.g. "
-                         f"tracking.uri=sqlite:///{database / 'mlflow.db'}")
-    if not folder.is_dir():
-        raise FvexpError(f"the folder of the SQLite store {database} does not exist; create it, or choose another "
-                         "tracking.uri")
-    if not os.access(folder, os.W_OK) or (database.exists() and not os.access(database, os.W_OK)):
-        raise FvexpError(f"cannot write the SQLite store {database}: {folder} is read-only; choose a writable "
-                         "tracking.uri, or tracking=none")
+                         f"sqlite:///{database / 'mlflow.db'}")
     if database.exists() and database.stat().st_size:
         with database.open("rb") as file:
             header = file.read(len(SQLITE_HEADER))
         if header != SQLITE_HEADER:
-            raise FvexpError(f"{database} is not an SQLite database (corrupt, or another kind of file); move it "
-                             "away, or choose another tracking.uri")
+            raise FvexpError(f"{database} is not an SQLite database (corrupt, or another kind of file); {fix}")
 
 
 def check_server(uri: str) -> None:
