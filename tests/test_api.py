@@ -34,8 +34,8 @@ def channel_mean(model: FeatureModel, images: torch.Tensor, layer: str, unit: in
 
 
 def test_visualize_excites_the_unit_of_a_model_in_memory_and_gives_the_model_back(net, photos) -> None:
-    result = fvexp.visualize(net, "_blocks.8:5", **LITE, steps=64, size=128, progress=False)
-    assert result.image.shape == (1, 3, 128, 128) and len(result.values) == 64 and result.status == "FINISHED"
+    result = fvexp.visualize(net, "_blocks.8:5", **LITE, steps=32, size=112, progress=False)
+    assert result.image.shape == (1, 3, 112, 112) and len(result.values) == 32 and result.status == "FINISHED"
     assert result.path is None and result.run_id is None  # nothing kept on disk, nothing tracked: not asked for
     assert {"objective_untransformed", "high_frequency_energy", "spectral_slope"} <= result.metrics.keys()
     assert net.training and all(m.training for m in net.modules())
@@ -57,7 +57,7 @@ def test_visualize_takes_an_objective_built_from_pieces_and_keeps_the_folder_whe
 def test_a_class_by_name_needs_class_names_and_then_reads_the_logits_layer(net) -> None:
     with pytest.raises(FvexpError, match="needs the model's class names"):
         fvexp.visualize(net, "logits:goldfish", **LITE, steps=1, size=64, progress=False)
-    result = fvexp.visualize(net, "logits:goldfish", **LITE, classes="imagenet", steps=24, size=128, progress=False)
+    result = fvexp.visualize(net, "logits:goldfish", **LITE, classes="imagenet", steps=16, size=128, progress=False)
     assert result.values[-1] > result.values[0]
     logits = FeatureModel(copy.deepcopy(net), **LITE)(result.image)
     assert logits.argmax(1).item() == 1  # goldfish is ImageNet class 1
@@ -133,3 +133,14 @@ def test_the_example_script_runs_as_the_readme_shows(tmp_path) -> None:
     run_id = lines[2].split("MLflow run ")[1].split()[0]
     store = f"sqlite:///{tmp_path / 'out' / 'mlflow.db'}"
     assert mlflow.MlflowClient(store).get_run(run_id).info.status == "FINISHED"
+
+
+def test_visualize_works_from_inside_a_hydra_app_and_leaves_its_hydra_alone(net, tmp_path) -> None:
+    from hydra import initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    (tmp_path / "app.yaml").write_text("x: 1\n")
+    with initialize_config_dir(config_dir=str(tmp_path), version_base="1.3"):
+        caller = GlobalHydra.instance().hydra
+        result = fvexp.visualize(net, "_blocks.8:5", **LITE, steps=1, size=64, progress=False)
+        assert result.status == "FINISHED" and GlobalHydra.instance().hydra is caller

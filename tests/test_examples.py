@@ -51,6 +51,7 @@ def test_a_folder_of_files_that_are_not_images_is_an_error(model, tmp_path: Path
         acts_of(model, tmp_path / "fake", tmp_path / "cache")
 
 
+@pytest.mark.slow  # a pass of the real model over the demo folder
 def test_top_examples_really_excite_the_unit_and_unreadable_files_are_counted(model, demo_folder, tmp_path) -> None:
     folder = Path(shutil.copytree(demo_folder, tmp_path / "photos"))
     (folder / "broken.jpg").write_bytes(b"\xff\xd8 truncated")
@@ -94,6 +95,7 @@ def test_activations_are_cached_per_layer_and_invalidated_by_a_changed_folder(mo
     assert not acts_of(model, folder, tmp_path / "cache").cached  # a changed file is a new folder
 
 
+@pytest.mark.slow  # a pass of the real model over the demo folder
 def test_neuron_examples_rank_by_the_centre_and_class_examples_by_the_logit(model, demo_folder, tmp_path) -> None:
     unit = neuron(LAYER, 5).unit
     acts = acts_of(model, demo_folder, tmp_path / "cache", unit)
@@ -134,6 +136,7 @@ def test_a_parameterization_can_start_from_natural_images(param, photos) -> None
     assert fit(p, photos[:2]) > 24  # dB: the start is the photo, not noise
 
 
+@pytest.mark.slow  # a pass of the real model over the demo folder
 def test_the_sanity_check_tells_natural_images_from_a_flat_grey(model, demo_folder, tmp_path) -> None:
     unit = channel(LAYER, 5).unit
     acts = acts_of(model, demo_folder, tmp_path / "cache", unit)

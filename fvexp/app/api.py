@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
 from hydra.errors import HydraException
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf, open_dict
@@ -125,11 +126,16 @@ def run(*overrides: str) -> Result:
 def _compose(overrides: list[str], hydra: bool = False) -> DictConfig:
     """The command line's config with `overrides`; Hydra's composition errors become one-line `FvexpError`s."""
     register()
+    caller = GlobalHydra.instance().hydra if GlobalHydra.instance().is_initialized() else None
+    GlobalHydra.instance().clear()  # called from inside a Hydra app: compose fvexp's configs, then give it back
     try:
         with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
             cfg = compose("config", overrides=overrides, return_hydra_config=hydra)
     except (HydraException, OmegaConfBaseException) as error:
         raise FvexpError(one_line(error)) from None
+    finally:
+        if caller is not None:
+            GlobalHydra.instance().initialize(caller)
     if hydra:
         cfg.hydra.run.dir = str(cfg.hydra.run.dir)  # resolve ${now:...} once, as Hydra does for a run
     return cfg
