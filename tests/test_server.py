@@ -162,6 +162,7 @@ def test_an_unreachable_database_is_one_clear_error(tmp_path: Path) -> None:
                    "sudo -u postgres createdb --owner fvexp runs")
 
 
+@pytest.mark.slow
 def test_a_missing_database_is_named_with_the_command_to_create_it(postgres: str) -> None:
     parts = urlsplit(postgres)
     name = f"fvexp_missing_{uuid.uuid4().hex[:12]}"
