@@ -62,9 +62,10 @@ class Stop:
         if self.in_worker:
             return  # between jobs: the marker the main process wrote keeps this worker from starting one
         self.marker.write_text(str(self.exit_code))
-        jobs = [pid for pid in child_processes() if catches_sigterm(pid)]
-        if not jobs and not child_processes():
+        children = child_processes()
+        if not children:
             raise KeyboardInterrupt
+        jobs = [pid for pid in children if catches_sigterm(pid)]
         for pid in jobs:
             os.kill(pid, signal.SIGTERM)
 
@@ -128,8 +129,9 @@ def run_job(cfg: DictConfig, stop: Stop) -> int:
     from fvexp.app.result import Job, Result
 
     stop.install()  # in this process: a job of a joblib sweep runs in a worker
-    if stop.stopped_before() is not None:
-        return stop.stopped_before()  # the sweep was stopped: a worker starts no new job
+    stopped = stop.stopped_before()
+    if stopped is not None:
+        return stopped  # the sweep was stopped: a worker starts no new job
     node = HydraConfig.get()
     sweep = node.mode == RunMode.MULTIRUN
     tags = {"fvexp.experiment": node.runtime.choices.get("experiment") or "",
