@@ -30,6 +30,13 @@ its own virtualenv, never in the project's (about 2.5 min, ~5 GB with torch's CU
     python3 -m venv /tmp/lucent-venv
     /tmp/lucent-venv/bin/pip install torch==2.14.1 torchvision==0.29.1 torch-lucent==0.1.8 -e .
     /tmp/lucent-venv/bin/python benchmarks/lucent_compare.py [--rounds 20] [--steps 12] [--threads 2]
+
+Users run 512-2560 steps, so each library's per-call set-up should not weigh on the figure:
+`--marginal SHORT LONG` instead runs each library as whole processes (`--process NAME --steps N`: build
+the model, one run, exit) of SHORT and LONG steps, the four interleaved in each round, and reports
+the marginal cost of a step, (long - short) / (LONG - SHORT), per library and their ratio:
+
+    /tmp/lucent-venv/bin/python benchmarks/lucent_compare.py --marginal 12 112 --rounds 3
 """
 
 from __future__ import annotations
@@ -38,6 +45,8 @@ import argparse
 import copy
 import os
 import statistics
+import subprocess
+import sys
 import time
 import warnings
 from collections.abc import Callable
@@ -51,6 +60,7 @@ from fvexp.optvis import objectives
 from fvexp.optvis.metrics import quality
 from fvexp.optvis.models import FeatureModel, efficientnet_lite
 from fvexp.optvis.objectives import Objective
+from fvexp.optvis.optimizers import adam
 from fvexp.optvis.params import Fourier
 from fvexp.optvis.render import render
 from fvexp.optvis.transforms import standard
@@ -109,8 +119,8 @@ def run_fvexp(model: FeatureModel, objective: Objective, steps: int, seed: int) 
     torch.manual_seed(seed)
     param = Fourier(1, SIZE, sd=0.01, decay_power=1.0, decorrelate=True).to(model.device)
     kept: list[Tensor] = []
-    result = render(model, objective, param, standard(), lambda params: torch.optim.Adam(params, lr=LR), steps,
-                    seed, thresholds=(steps,), on_threshold=lambda step, image: kept.append(image.cpu()),
+    result = render(model, objective, param, standard(), adam(lr=LR), steps, seed, thresholds=(steps,),
+                    on_threshold=lambda step, image: kept.append(image.cpu()),
                     progress=False)
     return result.image
 
@@ -184,7 +194,13 @@ def main() -> None:
     parser.add_argument("--channel", type=int, default=5, help="its channel (or class index)")
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda (Lucent uses cuda:0 whenever there is one)")
+    parser.add_argument("--marginal", type=int, nargs=2, metavar=("SHORT", "LONG"),
+                        help="time whole processes of SHORT and LONG steps: the marginal cost of a step")
+    parser.add_argument("--process", choices=SIDES, help="(used by --marginal) one run of this library, then exit")
     args = parser.parse_args()
+    if args.marginal:
+        marginal(args)
+        return
     torch.set_num_threads(args.threads)
     device = resolve_device(args.device)
     models = {"fvexp": efficientnet_lite().to(device)}
@@ -192,6 +208,11 @@ def main() -> None:
     layer, channel = args.layer, args.channel
     logits = layer == models["fvexp"].logits_layer  # fvexp's channel objective needs a feature map
     objective = objectives.class_logit(channel, layer) if logits else objectives.channel(layer, channel)
+    if args.process:
+        model = models[args.process]
+        run_fvexp(model, objective, args.steps, 0) if args.process == "fvexp" else run_lucent(
+            model, layer, channel, args.steps, 0)
+        return
     check_fits(models["fvexp"], objective, standard(), SIZE)  # as fvexp/app/build.py does before rendering
     runs: dict[str, Callable[[int], Tensor]] = {
         "fvexp": lambda seed: run_fvexp(models["fvexp"], objective, args.steps, seed),
@@ -242,6 +263,31 @@ def main() -> None:
     nf, nl, ne = (median(net[name]) for name in BARE)
     print(f"network alone, ms: fvexp {nf[0]:.1f}, Lucent {nl[0]:.1f}, fvexp's way at Lucent's sizes {ne[0]:.1f}; "
           f"everything else (step - network): fvexp {fv[0] - nf[0]:.1f}, Lucent {lu[0] - nl[0]:.1f}")
+
+
+def marginal(args: argparse.Namespace) -> None:
+    """Whole processes of SHORT and LONG steps per library, interleaved; the marginal ms per step."""
+    short, long = args.marginal
+    common = ["--layer", args.layer, "--channel", str(args.channel), "--threads", str(args.threads),
+              "--device", args.device]
+    seconds: dict[tuple[str, int], list[float]] = {(name, n): [] for name in SIDES for n in (short, long)}
+    for r in range(args.rounds):
+        for name, n in list(seconds) if r % 2 == 0 else list(seconds)[::-1]:
+            started = time.perf_counter()
+            subprocess.run([sys.executable, __file__, "--process", name, "--steps", str(n), *common], check=True,
+                           capture_output=True)
+            seconds[name, n].append(time.perf_counter() - started)
+    per_step = {name: [1000 * (b - a) / (long - short) for a, b in zip(seconds[name, short], seconds[name, long],
+                                                                        strict=True)] for name in SIDES}
+    print(f"{args.layer}:{args.channel}, {args.threads} threads, {args.rounds} rounds of whole processes of {short} "
+          f"and {long} steps; load average {os.getloadavg()[0]:.1f}")
+    for name in SIDES:
+        print(f"{name:6s}: process of {short} steps {statistics.median(seconds[name, short]):.1f} s, of {long} "
+              f"steps {statistics.median(seconds[name, long]):.1f} s; marginal "
+              f"{statistics.median(per_step[name]):.1f} ms/step")
+    ratios = [b / a for a, b in zip(per_step["fvexp"], per_step["lucent"], strict=True)]
+    print(f"marginal cost per step, Lucent/fvexp: {statistics.median(ratios):.2f}x (median of the rounds' ratios; "
+          f"rounds {' '.join(f'{x:.2f}' for x in ratios)})  [goal >= 1.6]")
 
 
 if __name__ == "__main__":

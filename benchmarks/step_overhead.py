@@ -2,10 +2,13 @@
 
 The recipe is fourier + colour decorrelation + standard transforms, batch 1, 224 px, Adam, with a
 class-logit objective so that both sides run the whole network. The bare step feeds a fixed
-224 px tensor through the same frozen model and back-propagates to it; both are timed in the same
-process, interleaved in rounds so that machine noise hits both alike. Prints the medians and ratio.
+224 px tensor through the same frozen model and back-propagates to it, and again at exactly the
+sizes the transforms fed the network. Arms: the standard transforms as fvexp runs them (scale and
+rotation in one resampling, `Affine`), the same with two resamplings (`fuse=False`, fvexp before),
+and `transforms=distill`; all are timed in the same process, interleaved in rounds so that machine
+noise hits them alike. Prints the medians and ratios.
 
-    .venv/bin/python benchmarks/step_overhead.py [--steps 30] [--rounds 5] [--device auto]
+    .venv/bin/python benchmarks/step_overhead.py [--steps 30] [--rounds 5] [--device auto] [--threads N]
 """
 
 from __future__ import annotations
@@ -15,13 +18,14 @@ import statistics
 import time
 
 import torch
+from resampling_quality import preset
 
 from fvexp.app.build import resolve_device
 from fvexp.optvis import objectives
 from fvexp.optvis.models import efficientnet_lite
 from fvexp.optvis.params import Fourier
 from fvexp.optvis.render import render
-from fvexp.optvis.transforms import standard
+from fvexp.optvis.transforms import Compose, standard
 
 
 def sync(device: torch.device) -> None:
@@ -29,13 +33,12 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def fvexp_step_ms(model, device: torch.device, steps: int, seen: list[int]) -> list[float]:
+def fvexp_step_ms(model, device: torch.device, steps: int, seen: list[int], transforms: Compose) -> list[float]:
     """Per-step wall time of the real optimization core, read from its on_step callback.
 
     Appends to `seen` the side of every image the model was fed after the transforms.
     """
     stamps: list[float] = []
-    transforms = standard()
     transforms.pieces.append(lambda image, generator: seen.append(image.shape[-1]) or image)
 
     def stamp(step: int, value: float) -> None:
@@ -62,27 +65,61 @@ def bare_step_ms(model, device: torch.device, sizes: list[int]) -> list[float]:
     return times[2:]
 
 
+def transforms_ms(device: torch.device, repeats: int) -> dict[str, float]:
+    """fvexp's own transforms alone, forward and backward on a 224 px image: one resampling against two.
+
+    Short and interleaved draw by draw, so the saving is measured even when other load makes whole
+    steps too noisy to difference."""
+    image = torch.rand(1, 3, 224, 224, device=device, requires_grad=True)
+    arms = {"one resampling": standard(), "two resamplings": standard(fuse=False)}
+    times: dict[str, list[float]] = {name: [] for name in arms}
+    generators = {name: torch.Generator().manual_seed(0) for name in arms}  # the same draws for both
+    for _ in range(repeats):
+        for name, transforms in arms.items():
+            sync(device)
+            start = time.perf_counter()
+            transforms(image, generators[name]).sum().backward()
+            sync(device)
+            times[name].append(1000 * (time.perf_counter() - start))
+    return {name: statistics.median(found) for name, found in times.items()}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--steps", type=int, default=30, help="steps per round and side")
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--device", default="auto")
+    parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     device = resolve_device(args.device)
     model = efficientnet_lite().to(device)
-    recipe, bare, same_pixels, seen = [], [], [], []
+    arms = {"standard, one resampling": lambda: standard(), "standard, two (before)": lambda: standard(fuse=False),
+            "distill, one resampling": lambda: preset("distill", True)}
+    recipe: dict[str, list[float]] = {name: [] for name in arms}
+    same: dict[str, list[float]] = {name: [] for name in arms}
+    seen: dict[str, list[int]] = {name: [] for name in arms}
+    bare: list[float] = []
     for _ in range(args.rounds):
-        recipe += fvexp_step_ms(model, device, args.steps, seen)
+        for name, transforms in arms.items():
+            recipe[name] += fvexp_step_ms(model, device, args.steps, seen[name], transforms())
+            same[name] += bare_step_ms(model, device, seen[name][-args.steps:])
         bare += bare_step_ms(model, device, [224] * args.steps)
-        same_pixels += bare_step_ms(model, device, seen[-args.steps:])
-    r, b, s = (statistics.median(t) for t in (recipe, bare, same_pixels))
-    print(f"device: {device} ({torch.get_num_threads()} threads), torch {torch.__version__}")
-    print(f"fvexp step, fourier+decorrelate+standard transforms, 224 px, batch 1: median {r:6.1f} ms")
-    print(f"bare forward+backward, 224 px, batch 1:                           median {b:6.1f} ms")
-    print(f"ratio: {r / b:.3f}  (goal <= 1.10)")
-    print(f"the standard transforms feed the model {min(seen)}..{max(seen)} px (mean {statistics.mean(seen):.0f});")
-    print(f"bare forward+backward at exactly those sizes:                     median {s:6.1f} ms")
-    print(f"ratio at equal pixels (fvexp's own overhead): {r / s:.3f}")
+    b = statistics.median(bare)
+    print(f"device: {device} ({torch.get_num_threads()} threads), torch {torch.__version__}, "
+          f"{args.rounds} rounds of {args.steps} steps")
+    print(f"bare forward+backward, 224 px, batch 1: median {b:6.1f} ms")
+    for name in arms:
+        r, s = statistics.median(recipe[name]), statistics.median(same[name])
+        sizes = seen[name]
+        print(f"{name}: step {r:6.1f} ms; network fed {min(sizes)}..{max(sizes)} px (mean "
+              f"{statistics.mean(sizes):.0f}), bare at those sizes {s:6.1f} ms; "
+              f"ratio to bare at 224 px {r / b:.3f}, at equal pixels {r / s:.3f}")
+    print("goals: standard at equal pixels <= 1.05; distill against bare at 224 px <= 1.10")
+    alone = transforms_ms(device, 10 * args.steps)
+    print(f"standard transforms alone, forward+backward: one resampling {alone['one resampling']:.2f} ms, two "
+          f"{alone['two resamplings']:.2f} ms (median of {10 * args.steps} interleaved draws each)")
 
 
 if __name__ == "__main__":

@@ -7,6 +7,7 @@ From Python:
     result = fvexp.visualize(net, "layer3:5", mean=[0.485, 0.456, 0.406], std=[0.229, 0.224, 0.225])
     result.image                       # (1, 3, 224, 224) in [0, 1]
     result = fvexp.run("objective.channel=7", "param=pixel")   # what `fvexp objective.channel=7 param=pixel` runs
+    result = fvexp.atlas(net, "layer3", "photos/", grid=10)    # an activation atlas: `task=atlas`
 
 The pieces, Lucid-style, are in `fvexp.optvis` (and importable from here): objectives with their
 algebra, parameterizations, transforms, optimizers and the `render` loop. Attributes load on first
@@ -18,7 +19,7 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-_API = {"visualize": "fvexp.app.api", "run": "fvexp.app.api", "Result": "fvexp.app.result"}
+_API = {"visualize": "fvexp.app.api", "run": "fvexp.app.api", "atlas": "fvexp.app.api", "Result": "fvexp.app.result"}
 _LIBRARY = "fvexp.optvis"
 
 

@@ -25,11 +25,11 @@ GROUPS = {group: sorted(p.stem for p in (ROOT / "conf" / group).glob("*.yaml"))
 def test_every_group_has_the_options_the_issue_names() -> None:
     assert {"channel", "class_logit", "class_prob", "layer", "neuron", "class_logsumexp", "direction",
             "random_direction", "arithmetic", "interpolate", "style", "inversion"} == set(GROUPS["objective"])
-    assert {"fourier", "pixel", "lowres", "laplacian", "shared", "cppn", "maco"} == set(GROUPS["param"])
+    assert {"fourier", "pixel", "lowres", "laplacian", "shared", "cppn", "maco", "prior"} == set(GROUPS["param"])
     assert GROUPS["transforms"] == ["distill", "none", "standard"]
     assert {"adam", "sgd", "descent_l2", "descent_linf", "descent_decorrelated"} == set(GROUPS["optimizer"])
     assert {"enemy", "regularization", "preconditioning", "diversity", "interaction", "logits",
-            "distill"} == set(GROUPS["experiment"])
+            "distill", "priors"} == set(GROUPS["experiment"])
     assert GROUPS["tracking"] == ["mlflow", "none"]
     assert GROUPS["model"] == ["custom", "efficientnet_lite0", "torchvision"]
 
@@ -39,15 +39,19 @@ def reference_image(tmp_path_factory) -> Path:
     import skimage.data
     from PIL import Image
 
+    from fvexp.optvis import priors
+
     path = tmp_path_factory.mktemp("reference") / "cat.png"
     Image.fromarray(skimage.data.chelsea()).save(path)
+    priors.save(priors.Autoencoder(width=8), path.with_name("prior.pt"), 32, {})  # for param=prior at 32 px
     return path
 
 
 def needs(option: str, image: Path) -> list[str]:
     """The overrides an option cannot do without: a reference image, a direction vector."""
     return {"style": [f"objective.image={image}"], "inversion": [f"objective.image={image}"],
-            "direction": [f"objective.vector=[{','.join(['1.0'] * 112)}]"]}.get(option, [])
+            "direction": [f"objective.vector=[{','.join(['1.0'] * 112)}]"],
+            "prior": [f"param.path={image.with_name('prior.pt')}"]}.get(option, [])
 
 
 @pytest.mark.parametrize("group,option", [(g, o) for g, options in GROUPS.items() for o in options if g != "model"])

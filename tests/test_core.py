@@ -110,3 +110,48 @@ def test_mixed_precision_and_channels_last_still_raise_the_objective(model) -> N
         model.autocast = None
         model.to(memory_format=torch.contiguous_format)
     assert result.values[-1] > result.values[0] + 1 and torch.isfinite(result.image).all()
+
+
+def test_reading_the_objective_in_batches_changes_nothing_but_when(model) -> None:
+    """On a GPU the values are read every READ_EVERY steps; the run, its callbacks and its errors are the same."""
+    base = objectives.channel("_blocks.2", 0)
+    runs = []
+    for every in (1, 4):
+        seen: list[tuple[int, float]] = []
+        kept: dict[int, int] = {}
+        result = short_run(model, base, steps=10, read_every=every, thresholds={6},
+                           on_step=lambda step, value, seen=seen: seen.append((step, value)),
+                           on_threshold=lambda step, image, seen=seen, kept=kept: kept.__setitem__(step, len(seen)))
+        runs.append((result.image, result.values, seen, kept))
+    assert torch.equal(runs[0][0], runs[1][0]) and runs[0][1:] == runs[1][1:]
+    assert runs[1][3] == {6: 6}  # the threshold image comes after the values of the steps before it
+    calls = []
+
+    def explode(acts):
+        calls.append(1)
+        return base(acts) * (float("nan") if len(calls) == 5 else 1.0)
+
+    with pytest.raises(NonFiniteObjective, match="at step 5") as error:
+        short_run(model, Objective(explode, base.layers, "explodes"), steps=10, read_every=4)
+    assert len(error.value.values) == 4 and torch.isfinite(error.value.image).all()
+
+
+@pytest.mark.parametrize("weight_decay", [0.0, 0.01])
+def test_the_plain_adam_is_torchs_bit_for_bit_and_skips_torch_optim(weight_decay: float) -> None:
+    """Configs name torch.optim.Adam; fvexp steps it without torch.optim (whose import of torch._dynamo is slow)."""
+    from fvexp.optvis.optimizers import Adam, adam, create
+
+    torch.manual_seed(0)
+    ours, theirs = torch.nn.Parameter(torch.randn(1, 3, 16, 9)), torch.nn.Parameter(torch.zeros(1, 3, 16, 9))
+    theirs.data.copy_(ours.data)
+    stepper, reference = create(adam(weight_decay=weight_decay), [ours]), torch.optim.Adam([theirs], lr=0.05,
+                                                                                           weight_decay=weight_decay)
+    assert isinstance(stepper, Adam)
+    for i in range(50):
+        grad = torch.randn_like(ours) * (i % 5)
+        for param, optimizer in ((ours, stepper), (theirs, reference)):
+            optimizer.zero_grad()
+            param.grad = grad.clone()
+            optimizer.step()
+    assert torch.equal(ours, theirs)
+    assert isinstance(create(lambda params: torch.optim.SGD(params, lr=1.0), [ours]), torch.optim.SGD)

@@ -65,6 +65,9 @@ def test_a_run_with_data_shows_its_examples_and_the_sanity_check(demo_folder, mo
     client, run = only_run(tmp_path)
     metrics = run.data.metrics
     assert 0 <= metrics["sanity_score"] <= 1 and "sanity.layer._blocks.0" in metrics
+    assert metrics["interpretability.low"] <= metrics["interpretability"] <= metrics["interpretability.high"]
+    saved = json.loads((out / "metrics.json").read_text())
+    assert saved["interpretability.examples"] == metrics["interpretability.examples"] and "sanity_score" in saved
     assert "examples.png" in {a.path for a in client.list_artifacts(run.info.run_id)}
     # the optimized image excites the unit beyond the best natural example (its strongest position)
     with torch.no_grad(), model.reading(["_blocks.8"]) as read:
@@ -111,6 +114,7 @@ def test_the_gallery_is_batched_resumable_and_browsable(demo_folder, model, tmp_
     assert sorted(p.name for p in folder.glob("*.png")) == [f"channel_{c:04d}.png" for c in range(6)]
     page = (tmp_path / "second" / "index.html").read_text()
     assert page.count("<figure") == 6 and page.count('class="ex"') == 6 * 4  # each channel with 4 examples
+    assert page.count("interpretability 0.") + page.count("interpretability 1.") == 6  # each channel scored
 
     # each image excites its own channel more than the other channels' images do
     images = torch.stack([open_image(folder / f"channel_{c:04d}.png", 96) for c in range(6)])
@@ -122,6 +126,9 @@ def test_the_gallery_is_batched_resumable_and_browsable(demo_folder, model, tmp_
                               order_by=["attributes.start_time ASC"])
     assert [r.info.status for r in runs] == ["KILLED", "FINISHED"]
     assert {"gallery.png", "index.html"} <= {a.path for a in client.list_artifacts(runs[1].info.run_id)}
+    metrics = runs[1].data.metrics
+    per_channel = [metrics[f"interpretability.channel.{c}"] for c in range(6)]
+    assert metrics["interpretability"] == pytest.approx(sum(per_channel) / 6)
 
 
 @pytest.mark.parametrize(("args", "message"), [

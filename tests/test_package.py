@@ -119,7 +119,7 @@ def test_every_default_is_the_librarys_own(group: str, name: str) -> None:
         expected = "???" if parameter.default is inspect.Parameter.empty else parameter.default
         assert default == (list(expected) if isinstance(expected, tuple) else expected), parameter.name
     assert {p.name for p in parameters(target)} >= set(fields) - {"_target_", "_partial_", "_convert_", "weight",
-                                                                   "init"}
+                                                                   "init", "image", "name"}
 
 
 def test_the_drifted_defaults_are_the_signatures_now() -> None:

@@ -12,8 +12,9 @@ import pytest
 from fvexp.tools.claims import PRESETS
 from tests.conftest import ROOT, fvexp
 
-JOBS = {"enemy": 2, "regularization": 7, "preconditioning": 7, "diversity": 2, "interaction": 3, "logits": 3,
-        "distill": 2}
+JOBS = {"enemy": 2, "regularization": 7, "preconditioning": 7, "diversity": 2, "interaction": 3, "logits": 12,
+        "priors": 5, "distill": 2}
+ARMS = {**JOBS, "logits": 3}  # the logits preset runs each class objective on 4 classes: one row per objective
 
 
 def test_every_preset_has_a_claims_section() -> None:
@@ -21,10 +22,16 @@ def test_every_preset_has_a_claims_section() -> None:
 
 
 @pytest.mark.slow
-def test_every_preset_smoke_runs_and_is_tabulated(tmp_path: Path) -> None:
+def test_every_preset_smoke_runs_and_is_tabulated(demo_folder: Path, tmp_path: Path) -> None:
     store = f"sqlite:///{tmp_path / 'store.db'}"
+    data = [f"data.dir={demo_folder}", "data.size=64", "data.workers=0"]
+    trained = fvexp("task=train_prior", *data, "task.steps=10", "task.crop=32", "task.width=16", "tracking=none",
+                    "progress=false", f"hydra.run.dir={tmp_path / 'prior'}", cwd=tmp_path)
+    assert trained.returncode == 0, trained.stderr[-2000:]
+    needs = {"priors": [f"regularizers.prior.path={trained.stdout.strip().splitlines()[-1]}", *data]}
     for preset, jobs in JOBS.items():
         done = fvexp(f"experiment={preset}", "render.steps=3", "render.size=64", "progress=false",
+                     *needs.get(preset, []),
                      f"hydra.sweep.dir={tmp_path / preset}", cwd=tmp_path, env={"MLFLOW_TRACKING_URI": store})
         assert done.returncode == 0, done.stderr[-2000:]
         assert len([line for line in done.stdout.splitlines() if line.endswith("image.png")]) == jobs, preset
@@ -36,6 +43,7 @@ def test_every_preset_smoke_runs_and_is_tabulated(tmp_path: Path) -> None:
     for preset, jobs in JOBS.items():
         section = text.split(f"## {preset}\n", 1)[1].split("\n## ", 1)[0]
         assert f"{jobs} runs of 3 steps" in section
-        assert len([line for line in section.splitlines() if line.startswith("| ") and "arm" not in line]) == jobs
-        assert (docs / "claims" / f"{preset}.png").exists()
-    assert text.count("**Claim ") == 5  # every preset with a checkable claim reports on it
+        rows = [line for line in section.splitlines() if line.startswith("| ") and "arm" not in line]
+        assert len(rows) == ARMS[preset] + 1 and rows[-1].startswith("| natural photos (demo) |"), section
+        assert (docs / "claims" / f"{preset}.png").exists() and (docs / "claims" / f"{preset}_objective.png").exists()
+    assert text.count("**Claim ") == 6  # every preset with a checkable claim reports on it

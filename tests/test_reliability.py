@@ -266,3 +266,51 @@ def test_artifacts_of_any_sqlite_store_lie_beside_it(tmp_path: Path, monkeypatch
     experiment = tracker.client.get_experiment(tracker.experiment_id())
     assert experiment.artifact_location == (tmp_path / "mlartifacts" / "fvexp").as_uri()
     assert not (tmp_path / "elsewhere" / "mlruns").exists()
+
+
+class Slow(Recorder):
+    """A store whose start takes a while (MLflow's import and run creation), recording what reached it."""
+
+    def __init__(self, fail: bool = False) -> None:
+        self.calls: list[str] = []
+        self.fail = fail
+
+    def start(self, name: str | None, params: Mapping[str, Any], tags: Mapping[str, str],
+              files: Mapping[str, str]) -> None:
+        time.sleep(0.3)
+        if self.fail:
+            raise ConnectionError("no store here")
+        self.calls.append("start")
+
+    def log_step(self, step: int, value: float) -> None:
+        self.calls.append(f"step {step}")
+
+    def log_metrics(self, metrics: Mapping[str, float]) -> None:
+        self.calls.append(f"metrics {sorted(metrics)}")
+
+    def finish(self, status: str, error: str | None = None) -> None:
+        self.calls.append(f"finish {status}")
+
+
+def test_the_store_is_opened_beside_the_first_steps_and_finish_waits_for_every_call(capsys) -> None:
+    from fvexp.app.recorder import Guarded
+
+    inner = Slow()
+    guarded = Guarded(inner)
+    started = time.monotonic()
+    guarded.start("run", {}, {}, {})
+    for step in (1, 2):
+        guarded.log_step(step, 0.5)
+    metrics = {"a": 1.0}
+    guarded.log_metrics(metrics)
+    metrics["b"] = 2.0  # the caller adds to its dict later: the store gets what it was told
+    assert time.monotonic() - started < 0.25  # nothing waited on the store
+    guarded.finish("FINISHED")
+    assert inner.calls == ["start", "step 1", "step 2", "metrics ['a']", "finish FINISHED"]
+    failing = Guarded(Slow(fail=True))
+    failing.start("run", {}, {}, {})
+    failing.log_step(1, 0.5)
+    failing.finish("FINISHED")
+    assert "cannot record this run in the tracking store: ConnectionError: no store here" in capsys.readouterr().err
+    with pytest.raises(FvexpError, match=r"tracking\.on_error=fail"):  # fail: opened before any work, here
+        Guarded(Slow(fail=True), on_error="fail").start("run", {}, {}, {})

@@ -66,3 +66,23 @@ def test_pieces() -> None:
     assert torch.allclose(Rotate([90])(image, g), image.rot90(1, dims=(-2, -1)), atol=1e-5)
     distill = preset("distill")
     assert distill.min_output(224) == round((224 + 32 - 16) * 0.95) - 8 - 32
+
+
+def test_scale_then_rotate_is_resampled_once_with_the_same_draws_and_sizes() -> None:
+    """Compose fuses an adjacent Scale and Rotate into one Affine: same geometry, one interpolation."""
+    from fvexp.optvis.transforms import Affine
+
+    fused, apart = preset("standard"), standard(fuse=False)
+    assert [type(p).__name__ for p in fused.pieces] == ["Pad", "Jitter", "Affine", "Jitter"]
+    assert [type(p).__name__ for p in apart.pieces] == ["Pad", "Jitter", "Scale", "Rotate", "Jitter"]
+    assert fused.min_output(224) == apart.min_output(224) == round(240 * 0.9) - 4
+    ramp = torch.linspace(0, 3, 40)
+    image = torch.sin(ramp[:, None] + 2 * ramp[None, :]).expand(1, 3, 40, 40)  # smooth: little lost to blur
+    for seed in range(6):  # the same draws, so the same output sizes and geometry, as two pieces
+        one = Compose([Scale([0.9, 1.1]), Rotate([-10, 10])])(image, torch.Generator().manual_seed(seed))
+        two = Compose([Scale([0.9, 1.1]), Rotate([-10, 10])], fuse=False)(image, torch.Generator().manual_seed(seed))
+        assert one.shape == two.shape and (one - two).abs().mean() < 0.02
+    g = torch.Generator()
+    assert Affine([0.5], [0])(image, g).equal(Scale([0.5])(image, g))  # no rotation: exactly Scale
+    assert Affine([1.0], [0])(image, g) is image
+    assert torch.allclose(Affine([1.0], [90])(image, g), image.rot90(1, dims=(-2, -1)), atol=1e-5)

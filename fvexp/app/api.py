@@ -8,7 +8,9 @@ recorded from Python is recorded exactly as a command-line run is.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import itertools
+import json
 import tempfile
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -25,7 +27,7 @@ from torch import nn
 from fvexp.app.job import execute
 from fvexp.app.places import config_dir
 from fvexp.app.result import Job, Result
-from fvexp.app.schema import register
+from fvexp.app.schema import AtlasConfig, register
 from fvexp.errors import FvexpError, unknown
 from fvexp.optvis.models import LOGITS, FeatureModel, class_names
 from fvexp.optvis.objectives import Objective
@@ -91,6 +93,23 @@ def visualize(model: nn.Module, objective: str | Objective, *, mean: Sequence[fl
             else:
                 result.run_dir = folder
     return result
+
+
+def atlas(model: nn.Module, layer: str, folder: str | Path, *, overrides: Sequence[str] = (),
+          **settings: Any) -> Result:
+    """An activation atlas of `layer` over the images of `folder`: `task=atlas` on a network in memory.
+
+    Keywords are the atlas's settings (`grid`, `per_image`, `samples`, `min_count`, `per_batch`,
+    `cossim_pow`, `class_filter`, `opacity`, `examples`, `dir`; see `fvexp.app.schema.AtlasConfig`)
+    and `visualize`'s (`mean`, `std`, `classes`, `steps`, `size`, `track`, `out_dir`, ...). The
+    result's `image` holds the rendered cells (one image per non-empty cell); with `out_dir`,
+    `atlas.png`, `scatter.png` and `index.html` are written there. The sample, the layout and the
+    finished cells are kept in `outputs/atlas/` (or `dir`), so a second call resumes the first.
+    """
+    own = [f.name for f in dataclasses.fields(AtlasConfig) if f.name != "name"]
+    task = [f"task.{key}={json.dumps(settings.pop(key))}" for key in own if key in settings]
+    return visualize(model, f"{layer}:0", task="atlas",
+                     overrides=[f"data.dir={json.dumps(str(folder))}", *task, *overrides], **settings)
 
 
 def run(*overrides: str) -> Result:

@@ -58,9 +58,10 @@ def build_objective(cfg: DictConfig, main: Objective) -> Objective:
 def build_param(cfg: DictConfig, model: FeatureModel, batch: int) -> torch.nn.Module:
     """The parameterization of `batch` images at `render.size` for the model's input channels, on its device.
 
-    `param.init` is fvexp's, not the class's.
+    `param.init` and `param.image` are fvexp's, not the class's.
     """
-    node = OmegaConf.masked_copy(cfg.param, [k for k in cfg.param if k != "init"])
+    settings = OmegaConf.to_container(cfg.param, resolve=True)  # param=prior's path may name the penalty's
+    node = OmegaConf.create({k: v for k, v in settings.items() if k not in ("init", "image")})
     return build(node)(batch=batch, size=cfg.render.size, channels=model.image_channels).to(model.device)
 
 

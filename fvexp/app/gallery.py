@@ -26,11 +26,13 @@ from omegaconf import DictConfig, OmegaConf
 from PIL import Image
 
 from fvexp.app.build import build, build_objective, build_param, cache_dir, check_fits, model_key
+from fvexp.app.measure import Measurer
 from fvexp.app.places import launch_dir
 from fvexp.app.recorder import Recorder
 from fvexp.app.result import Job, Result
 from fvexp.errors import FvexpError
 from fvexp.optvis import examples
+from fvexp.optvis.data import open_image
 from fvexp.optvis.images import contact_sheet, save
 from fvexp.optvis.models import FeatureModel
 from fvexp.optvis.objectives import INPUT, Objective, per_image
@@ -39,6 +41,7 @@ from fvexp.optvis.transforms import Compose
 
 COLUMNS = 16
 EXAMPLES_SHOWN = 4  # top dataset examples beside each channel on the page
+Strip = list[tuple[Image.Image, str]]  # images with their captions
 
 
 def gallery(cfg: DictConfig, model: FeatureModel, job: Job, tracker: Recorder) -> Result:
@@ -68,8 +71,14 @@ def gallery(cfg: DictConfig, model: FeatureModel, job: Job, tracker: Recorder) -
     except KeyboardInterrupt:  # between two batches' optimizations: what is finished is kept all the same
         interrupted = True
     shown = [c for c in channels if finished(folder, c)]
-    sheet, page = write(cfg, model, folder, layer, shown, job.out_dir, with_examples=not interrupted)
     metrics = {"gallery.channels": len(shown), "gallery.channels_requested": len(channels)}
+    tops: dict[int, Strip] = {}
+    if cfg.data.dir and shown and not interrupted:  # a pass over a large folder is not what Ctrl-C asked for
+        tops, scores = beside_channels(cfg, model, folder, shown)
+        metrics |= mean_scores(scores) | {f"interpretability.channel.{c}": s["interpretability"]
+                                          for c, s in scores.items() if s}
+    sheet, page = write(cfg, folder, layer, shown, job.out_dir, tops)
+    (job.out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
     tracker.log_metrics(metrics)
     tracker.log_file(sheet)
     tracker.log_file(page)
@@ -149,24 +158,24 @@ def final_values(model: FeatureModel, objective: Objective, images: torch.Tensor
         return objective({**read(images), INPUT: images}).tolist()
 
 
-def write(cfg: DictConfig, model: FeatureModel, folder: Path, layer: str, channels: list[int], out_dir: Path,
-          with_examples: bool = True) -> tuple[Path, Path]:
+def write(cfg: DictConfig, folder: Path, layer: str, channels: list[int], out_dir: Path,
+          tops: dict[int, Strip]) -> tuple[Path, Path]:
     """`gallery.png` (the contact sheet) and `index.html` (one self-contained page) in `out_dir`.
 
-    Dataset examples (when `data.dir` is set) are left out of the page of an interrupted gallery:
-    a pass over a large folder is not what Ctrl-C asked for.
+    `tops` are each channel's top dataset examples, shown under it on the page.
     """
-    values = {c: json.loads(image_path(folder, c).with_suffix(".json").read_text())["objective"] for c in channels}
+    kept = {c: json.loads(image_path(folder, c).with_suffix(".json").read_text()) for c in channels}
     images = {c: Image.open(image_path(folder, c)).convert("RGB") for c in channels}
-    cells = [(images[c], f"{c}  {values[c]:.3g}") for c in channels]
+    cells = [(images[c], f"{c}  {kept[c]['objective']:.3g}") for c in channels]
     sheet = out_dir / "gallery.png"
     contact_sheet(cells, columns=min(COLUMNS, max(1, len(cells))), side=112).save(sheet)
-    tops = top_examples(cfg, model, channels) if cfg.data.dir and with_examples and channels else {}
     cards = []
     for c in channels:
         strip = "".join(f'<img class="ex" src="{uri(im)}" title="{html.escape(name)}">' for im, name in tops.get(c, []))
+        score = kept[c].get("scores", {}).get("interpretability")
+        shown = "" if score is None else f" · interpretability {score:.2f}"
         cards.append(f'<figure id="c{c}"><img src="{uri(images[c])}" alt="channel {c}">'
-                     f"<figcaption>channel {c} · {values[c]:.3g}</figcaption>{strip}</figure>")
+                     f"<figcaption>channel {c} · {kept[c]['objective']:.3g}{shown}</figcaption>{strip}</figure>")
     title = f"{html.escape(layer)}: {len(channels)} channels"
     note = (f"{cfg.render.steps} steps at {cfg.render.size} px, {cfg.task.per_batch} channels per batch"
             + (f"; top {EXAMPLES_SHOWN} examples of {html.escape(str(cfg.data.dir))} under each" if tops else ""))
@@ -179,16 +188,39 @@ figure>img{{width:224px}} img.ex{{width:54px;margin:1px}} figcaption{{font-size:
     return sheet, page
 
 
-def top_examples(cfg: DictConfig, model: FeatureModel, channels: list[int]) -> dict[int, list[tuple[Image.Image, str]]]:
-    """Each channel's top dataset example crops, from one pass (or the cache) over `data.dir`."""
+def beside_channels(cfg: DictConfig, model: FeatureModel, folder: Path,
+                    channels: list[int]) -> tuple[dict[int, Strip], dict[int, dict[str, float]]]:
+    """Each channel's top dataset example crops and its interpretability scores, from one pass over `data.dir`.
+
+    The scores are kept in the channel's file beside its image with the settings that made them, so
+    a resumed gallery scores only new channels, and other measure or data settings score anew.
+    """
+    made_by = OmegaConf.to_container(OmegaConf.masked_copy(cfg, ["measure", "data", "seed"]), resolve=True)
     unit = examples.unit_of(build(cfg.objective, channel=channels[0]), "task=gallery with data.dir")
     acts = examples.activations(model, unit, cfg.data, model_key(cfg, model), cache_dir(cfg), cfg.progress)
     crop = examples.receptive_field(model, layer=unit.layer, size=cfg.data.size)
-    shown = {}
+    measurer = Measurer(cfg, model)
+    tops, scores = {}, {}
     for c in channels:
         top = examples.select(acts, replace(unit, channel=c), EXAMPLES_SHOWN, 1)["top"]
-        shown[c] = [(examples.picture(e, cfg.data.size, crop, acts.map_size), e.file.name) for e in top]
-    return shown
+        tops[c] = [(examples.picture(e, cfg.data.size, crop, acts.map_size), e.file.name) for e in top]
+        record = image_path(folder, c).with_suffix(".json")
+        kept = json.loads(record.read_text())
+        if kept.get("scored_with") != made_by:
+            image = open_image(image_path(folder, c), cfg.render.size)[None]
+            kept["scores"] = measurer.unit(image, acts, replace(unit, channel=c),
+                                           crop if acts.map_size != (1, 1) else None)
+            kept["scored_with"] = made_by
+            record.write_text(json.dumps(kept))
+        scores[c] = kept["scores"]
+    return tops, scores
+
+
+def mean_scores(scores: dict[int, dict[str, float]]) -> dict[str, float]:
+    """The channels' mean of each interpretability score (`interpretability`, `.examples`, `.random`)."""
+    keys = ("interpretability", "interpretability.examples", "interpretability.random")
+    return {key: sum(s[key] for s in scores.values()) / len(scores) for key in keys
+            if scores and all(key in s for s in scores.values())}
 
 
 def uri(image: Image.Image) -> str:

@@ -19,6 +19,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from torch import Tensor
 
+from fvexp.app.atlas import atlas
 from fvexp.app.build import (
     build,
     build_model,
@@ -33,6 +34,8 @@ from fvexp.app.build import (
     resolve_device,
 )
 from fvexp.app.gallery import gallery
+from fvexp.app.measure import Measurer
+from fvexp.app.priors import prior_tags, start_from_image, train_prior, with_data_terms
 from fvexp.app.recorder import Guarded, Recorder
 from fvexp.app.result import Job, Result
 from fvexp.app.schema import thresholds, validate
@@ -74,7 +77,9 @@ def execute(cfg: DictConfig, job: Job) -> Result:
         model = configure(job.model, cfg, device) if job.model is not None else build_model(cfg, device)
         if model.weights_path:
             tracker.set_tags({"weights.sha256": sha256(model.weights_path)})
-        task: Task = {"render": render_task, "dataset_examples": examples_task, "gallery": gallery}[cfg.task.name]
+        tracker.set_tags(prior_tags(cfg))
+        task: Task = {"render": render_task, "dataset_examples": examples_task, "gallery": gallery,
+                      "atlas": atlas, "train_prior": train_prior}[cfg.task.name]
         result = task(cfg, model, job, tracker)
     except KeyboardInterrupt:
         tracker.finish("KILLED", "interrupted")
@@ -90,12 +95,16 @@ def execute(cfg: DictConfig, job: Job) -> Result:
 def render_task(cfg: DictConfig, model: FeatureModel, job: Job, tracker: Recorder) -> Result:
     """`task=render`: optimize the image, save it and its metrics, and show dataset examples beside it."""
     main: Objective = job.objective if job.objective is not None else build(cfg.objective)
+    cfg = with_data_terms(cfg, model, main)
     objective = build_objective(cfg, main)
     transforms = build(cfg.transforms)
     check_fits(model, objective, transforms, cfg.render.size)
     param = build_param(cfg, model, cfg.render.batch)
     if cfg.param.init == "dataset_examples":
         tracker.log_metrics(start_from_examples(cfg, model, main, param, job.out_dir))
+        tracker.log_file(job.out_dir / "init.json")
+    elif cfg.param.init == "image":
+        tracker.log_metrics(start_from_image(cfg, model, param, job.out_dir))
         tracker.log_file(job.out_dir / "init.json")
 
     def keep(step: int, images: Tensor) -> None:
@@ -118,10 +127,13 @@ def render_task(cfg: DictConfig, model: FeatureModel, job: Job, tracker: Recorde
     metrics = {"objective_final": values[-1] if values else float("nan"), "steps_done": len(values),
                "seconds_per_step": seconds / max(1, len(values)),
                **quality(model, main, rendered.image, values, cfg.seed, gram_layer(cfg, main))}
+    measurer = Measurer(cfg, model)
+    metrics |= measurer.transfer(main, rendered.image)
     (job.out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
     tracker.log_metrics(metrics)
     if cfg.data.dir and main.unit:
-        examples_beside(cfg, model, main, job.out_dir, tracker, rendered.image)
+        metrics |= examples_beside(cfg, model, main, job.out_dir, tracker, rendered.image, measurer)[1]
+        (job.out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
     return Result(rendered.image, values, metrics, image, "KILLED" if rendered.interrupted else "FINISHED")
 
 
@@ -130,12 +142,17 @@ def examples_task(cfg: DictConfig, model: FeatureModel, job: Job, tracker: Recor
     main: Objective = job.objective if job.objective is not None else build(cfg.objective)
     examples.unit_of(main, "task=dataset_examples")
     main.prepare(model, model.probe(main.network_layers, cfg.data.size))
-    return Result(None, path=examples_beside(cfg, model, main, job.out_dir, tracker)["overview"])
+    paths, metrics = examples_beside(cfg, model, main, job.out_dir, tracker)
+    return Result(None, metrics=metrics, path=paths["overview"])
 
 
 def examples_beside(cfg: DictConfig, model: FeatureModel, main: Objective, out_dir: Path, tracker: Recorder,
-                    optimized: Tensor | None = None) -> dict[str, Path]:
-    """Dataset examples of the objective's unit into `out_dir`, and with an optimized image the sanity check."""
+                    optimized: Tensor | None = None,
+                    measurer: Measurer | None = None) -> tuple[dict[str, Path], dict[str, float]]:
+    """Dataset examples of the objective's unit into `out_dir`, logged; their files and metrics.
+
+    With an optimized image, also the sanity check and (with a `measurer`) the interpretability score.
+    """
     unit = examples.unit_of(main, "data.dir")
     acts = examples.activations(model, unit, cfg.data, model_key(cfg, model), cache_dir(cfg), cfg.progress)
     chosen = examples.select(acts, unit, cfg.data.k, cfg.data.spectrum)
@@ -151,13 +168,15 @@ def examples_beside(cfg: DictConfig, model: FeatureModel, main: Objective, out_d
                "examples.crop_px": crop}
     if optimized is not None:
         metrics |= sanity.check(model, unit.layer, optimized, acts, chosen["top"], cfg.data.size, cfg.seed, out_dir)
+        if measurer is not None:
+            metrics |= measurer.unit(optimized, acts, unit, crop if acts.map_size != (1, 1) else None)
     tracker.log_metrics(metrics)
     tracker.log_file(out_dir / "examples", "examples")
     tracker.log_file(paths["overview"])
     if acts.unreadable:
         print(f"fvexp: {len(acts.unreadable)} of {len(acts.files)} files could not be read as images and were "
               f"skipped, e.g. {acts.unreadable[0]}", file=sys.stderr)
-    return paths
+    return paths, metrics
 
 
 def start_from_examples(cfg: DictConfig, model: FeatureModel, main: Objective, param: torch.nn.Module,

@@ -7,8 +7,10 @@ layer and extends this class.
 
 from __future__ import annotations
 
+import queue
 import sys
-from collections.abc import Mapping
+import threading
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -54,20 +56,57 @@ class Guarded(Recorder):
     A store that fails during the run is left alone after its first error, so that the
     render does not wait on it step after step; at the end the run is still ended there if the
     store is back, and one line says what could not be recorded. The run folder has it all.
+
+    With `warn` the inner recorder is called from a thread of its own, in order: importing MLflow
+    and creating the run (seconds) happen beside the first steps instead of before them, and no
+    step waits on a write. `finish` waits for everything to be written. With `fail` the start is
+    made before any work, so that a store that cannot be used stops the job at once.
     """
 
-    def __init__(self, inner: Recorder, on_error: str = "warn", where: str = "") -> None:
+    def __init__(self, inner: Recorder, on_error: str = "warn", where: str = "",
+                 background: bool | None = None) -> None:
         self.inner: Recorder | None = inner
         self.on_error, self.where = on_error, where
         self.failure: str | None = None  # the first error during the run
         self.missed: dict[str, int] = {}  # what was not recorded after it, by kind
+        self.background = on_error != "fail" if background is None else background
+        self.calls: queue.SimpleQueue[tuple[Callable[..., None], tuple[Any, ...]] | None] = queue.SimpleQueue()
+        self.worker: threading.Thread | None = None
 
     @property
     def run_id(self) -> str | None:  # type: ignore[override]
         return self.inner.run_id if self.inner else None
 
+    def _submit(self, method: Callable[..., None], *args: Any) -> None:
+        """Call `method` on the recorder's thread (started on first use), or here without `background`."""
+        if not self.background:
+            method(*args)
+            return
+        if self.worker is None:
+            self.worker = threading.Thread(target=self._work, name="fvexp-recorder", daemon=True)
+            self.worker.start()
+        self.calls.put((method, args))
+
+    def _work(self) -> None:
+        while (call := self.calls.get()) is not None:
+            method, args = call
+            method(*args)  # each method catches what the store raises
+
+    def _join(self) -> None:
+        """Wait until every call so far has reached the store; later calls start a new thread."""
+        if self.worker is not None:
+            self.calls.put(None)
+            self.worker.join()
+            self.worker = None
+
     def start(self, name: str | None, params: Mapping[str, Any], tags: Mapping[str, str],
               files: Mapping[str, str]) -> None:
+        self._submit(self._start, name, dict(params), dict(tags), dict(files))
+
+    def _start(self, name: str | None, params: Mapping[str, Any], tags: Mapping[str, str],
+               files: Mapping[str, str]) -> None:
+        if self.inner is None:
+            return
         try:
             self.inner.start(name, params, tags, files)
         except Exception as error:
@@ -80,6 +119,9 @@ class Guarded(Recorder):
             self.inner = None
 
     def _call(self, kind: str, method: str, *args: Any) -> None:
+        self._submit(self._call_now, kind, method, *args)
+
+    def _call_now(self, kind: str, method: str, *args: Any) -> None:
         if self.inner is None:
             return
         if self.failure is not None:
@@ -98,15 +140,19 @@ class Guarded(Recorder):
         self._call("images along the way", "log_image", image, step)
 
     def log_metrics(self, metrics: Mapping[str, float]) -> None:
-        self._call("metrics", "log_metrics", metrics)
+        self._call("metrics", "log_metrics", dict(metrics))  # a copy: the caller may add to its dict
 
     def log_file(self, path: Path, folder: str | None = None) -> None:
         self._call("files", "log_file", path, folder)
 
     def set_tags(self, tags: Mapping[str, str]) -> None:
-        self._call("tags", "set_tags", tags)
+        self._call("tags", "set_tags", dict(tags))
 
     def finish(self, status: str, error: str | None = None) -> None:
+        self._submit(self._finish, status, error)
+        self._join()
+
+    def _finish(self, status: str, error: str | None = None) -> None:
         if self.inner is None:
             return
         ended = True

@@ -19,7 +19,7 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig, OmegaConf
 
 from fvexp.app.signatures import schema
-from fvexp.errors import FvexpError
+from fvexp.errors import FvexpError, unknown
 
 
 class Precision(StrEnum):
@@ -32,11 +32,14 @@ class TaskName(StrEnum):
     render = "render"
     dataset_examples = "dataset_examples"
     gallery = "gallery"
+    train_prior = "train_prior"
+    atlas = "atlas"
 
 
 class ParamInit(StrEnum):
     noise = "noise"
     dataset_examples = "dataset_examples"  # start the batch from the top examples of data.dir
+    image = "image"  # start every image of the batch from param.image (feature accentuation)
 
 
 @dataclass
@@ -73,14 +76,32 @@ class GalleryConfig(TaskConfig):
     dir: str | None = None  # where finished channels are kept to resume; None: outputs/gallery/<layer>-<hash>
 
 
+@dataclass
+class AtlasConfig(TaskConfig):
+    """An activation atlas of objective.layer over data.dir (Carter et al. 2019), rendered cell by cell."""
+
+    name: TaskName = TaskName.atlas
+    grid: int = 20  # the layout is cut into grid×grid cells
+    per_image: int = 8  # activation vectors sampled at random positions of each image
+    samples: int = 4000  # vectors in all: about samples/per_image images are read, whatever the folder's size
+    min_count: int = 3  # cells with fewer vectors stay empty
+    per_batch: int = 16  # cells optimized together, one image each, in one optimization
+    cossim_pow: float = 1.0  # each cell's direction objective: dot · max(0.1, cos)^cossim_pow (Lucid's form)
+    class_filter: str | None = None  # a class (name or index): keep only positions of images predicted as it
+    opacity: bool = True  # fade sparse cells of atlas.png into white by their count
+    examples: int = 6  # crops of the cell's images shown under each cell on the page
+    dir: str | None = None  # where the sample, layout and finished cells are kept; None: outputs/atlas/<layer>-<hash>
+
+
 def _term(target: str, **overrides: tuple[Any, Any]) -> type:
     """A weighted term: the piece's parameters plus `weight` (0: off)."""
     return schema(target, extra=(("weight", float, 0.0),), overrides=overrides)
 
 
 def _param(target: str) -> type:
-    """A parameterization: batch, size and channels come from the run; `init` is fvexp's, not the class's."""
-    return schema(target, skip=("batch", "size", "channels"), partial=True, extra=(("init", ParamInit, "noise"),))
+    """A parameterization: batch, size and channels come from the run; `init` and `image` are fvexp's."""
+    return schema(target, skip=("batch", "size", "channels"), partial=True,
+                  extra=(("init", ParamInit, "noise"), ("image", str | None, None)))  # image: for init=image
 
 
 OPTVIS = "fvexp.optvis"
@@ -88,12 +109,14 @@ LAYER_OF_OBJECTIVE = (str | None, None)  # None: the objective's own layer
 
 # Frequency penalties on the image, each subtracted as weight·penalty; weight 0 (the default) turns one off.
 # A new penalty is one entry here: its config key and its function in fvexp.optvis.regularizers.
-REGULARIZERS = {"l1": "l1", "l2": "l2", "tv": "total_variation", "blur": "blur", "bilateral": "bilateral"}
+REGULARIZERS = {"l1": "l1", "l2": "l2", "tv": "total_variation", "blur": "blur", "bilateral": "bilateral",
+                "prior": "prior", "feature_stats": "feature_stats", "path": "path"}
 RegularizersConfig = make_dataclass("RegularizersConfig", [
     (key, term, field(default_factory=term))
     for key, term in ((key, _term(f"{OPTVIS}.regularizers.{name}")) for key, name in REGULARIZERS.items())])
 DiversityTerm = _term(f"{OPTVIS}.objectives.diversity", layer=LAYER_OF_OBJECTIVE)
 AlignmentTerm = _term(f"{OPTVIS}.objectives.alignment", layer=LAYER_OF_OBJECTIVE)
+MeasureConfig = schema(f"{OPTVIS}.interpretability.Measures")  # held-out networks that score a run
 
 
 @dataclass
@@ -110,6 +133,7 @@ class Config:
     regularizers: RegularizersConfig = field(default_factory=RegularizersConfig)  # type: ignore[valid-type]
     diversity: DiversityTerm = field(default_factory=DiversityTerm)  # type: ignore[valid-type]
     alignment: AlignmentTerm = field(default_factory=AlignmentTerm)  # type: ignore[valid-type]
+    measure: MeasureConfig = field(default_factory=MeasureConfig)  # type: ignore[valid-type]
     model: Any = None
     objective: Any = None
     param: Any = None
@@ -131,14 +155,17 @@ SCHEMAS: dict[str, dict[str, type]] = {
     "param": {name: _param(f"{OPTVIS}.params.{target}")
               for name, target in (("pixel", "Pixel"), ("fourier", "Fourier"), ("lowres", "LowRes"),
                                    ("laplacian", "LaplacianPyramid"), ("shared", "Shared"), ("cppn", "CPPN"),
-                                   ("maco", "Maco"))},
+                                   ("maco", "Maco"), ("prior", "PriorLatent"))},
     "transforms": {"compose": schema(f"{OPTVIS}.transforms.Compose", overrides={"pieces": (dict[str, Any], {})})},
     "optimizer": {"adam": schema(f"{OPTVIS}.optimizers.adam", partial=True, instantiate_as="torch.optim.Adam"),
                   "sgd": schema(f"{OPTVIS}.optimizers.sgd", partial=True, instantiate_as="torch.optim.SGD"),
                   "steepest": schema(f"{OPTVIS}.optimizers.SteepestDescent", skip=("params",), partial=True)},
     "tracking": {"mlflow": schema("fvexp.tracking.writer.MlflowTracker"),
                  "none": schema("fvexp.app.recorder.Recorder")},
-    "task": {"render": TaskConfig, "dataset_examples": TaskConfig, "gallery": GalleryConfig},
+    "task": {"render": TaskConfig, "dataset_examples": TaskConfig, "gallery": GalleryConfig,
+             "train_prior": schema(f"{OPTVIS}.priors.train", skip=("images", "seed", "on_step"),
+                                   extra=(("name", TaskName, TaskName.train_prior),)),
+             "atlas": AtlasConfig},
 }
 
 
@@ -170,7 +197,20 @@ def validate(cfg: DictConfig) -> None:
     for step in render.thresholds or ():
         _require(1 <= step <= render.steps, "render.thresholds", list(render.thresholds),
                  f"steps between 1 and render.steps={render.steps}")
-    if cfg.param.init == "dataset_examples" or cfg.task.name == "dataset_examples":
+    if cfg.param.init == "image":
+        _require(cfg.param.image is not None, "param.image", None, "an image file to start from with "
+                 "param.init=image, e.g. param.image=photos/cat.jpg")
+    if cfg.regularizers.prior.weight or cfg.param.get("_target_", "").endswith(".PriorLatent"):
+        _require(cfg.param.get("path") is not None or cfg.regularizers.prior.path is not None,
+                 "regularizers.prior.path", None, "a prior file with a learned prior (regularizers.prior.weight or "
+                 "param=prior); `fvexp task=train_prior data.dir=DIR` trains one and prints its path")
+    if cfg.regularizers.feature_stats.weight and not cfg.regularizers.feature_stats.images:
+        _require(cfg.data.dir is not None, "data.dir", None, "an image folder with regularizers.feature_stats.weight: "
+                 "the unit's top examples there give the feature statistics (or set regularizers.feature_stats."
+                 "images=[...])")
+    if cfg.task.name == "train_prior":
+        _validate_training(cfg)
+    if cfg.param.init == "dataset_examples" or cfg.task.name in ("dataset_examples", "train_prior"):
         _require(cfg.data.dir is not None, "data.dir", None, "an image folder for dataset examples, e.g. "
                  "data.dir=/data/imagenet/val (python -m fvexp.tools.demo DIR builds a small one)")
     _require(cfg.data.k >= 1, "data.k", cfg.data.k, "at least 1 example")
@@ -180,11 +220,27 @@ def validate(cfg: DictConfig) -> None:
     _require(cfg.data.workers >= 0, "data.workers", cfg.data.workers, "0 or more processes")
     if "per_batch" in cfg.task:
         _require(cfg.task.per_batch >= 1, "task.per_batch", cfg.task.per_batch, "at least 1 channel per batch")
+    if cfg.task.name == "atlas":
+        _validate_atlas(cfg)
     _validate_pieces(cfg)
+    _validate_measures(cfg.measure)
     for term in ("diversity", "alignment"):
         if cfg[term].weight:
             _require(render.batch >= 2, "render.batch", render.batch,
                      f"at least 2 when {term}.weight is set: the {term} term compares the images of a batch")
+
+
+def _validate_training(cfg: DictConfig) -> None:
+    """The settings of `task=train_prior`: a crop that fits data.size, and positive counts."""
+    task, stride = cfg.task, 2**cfg.task.depth
+    for key in ("steps", "batch", "width", "latent", "depth"):
+        _require(task[key] >= 1, f"task.{key}", task[key], "at least 1")
+    _require(task.lr > 0, "task.lr", task.lr, "a positive learning rate")
+    _require(0 <= task.noise <= 1, "task.noise", task.noise, "the largest noise sd, between 0 and 1")
+    _require(stride <= task.crop <= cfg.data.size and task.crop % stride == 0, "task.crop", task.crop,
+             f"a multiple of 2^task.depth={stride} between {stride} and data.size={cfg.data.size}")
+    _require(cfg.data.size % stride == 0, "data.size", cfg.data.size,
+             f"a multiple of 2^task.depth={stride}, so that the prior's decoder can draw images of that size")
 
 
 MAX_SIZE = 4096  # largest image side: a 4096 px image and the network's activations on it take gigabytes
@@ -193,6 +249,17 @@ MAX_SIZE = 4096  # largest image side: a 4096 px image and the network's activat
 def check_size(size: int, key: str) -> None:
     """An image side in pixels: at least 1, at most MAX_SIZE (one more doubling costs 4 times the memory)."""
     _require(1 <= size <= MAX_SIZE, key, size, f"the image side in pixels, 1 to {MAX_SIZE}")
+
+
+def _validate_atlas(cfg: DictConfig) -> None:
+    """An atlas needs a folder and a layer, and counts that are at least 1."""
+    _require(cfg.data.dir is not None, "data.dir", None, "an image folder to sample activations from, e.g. "
+             "data.dir=/data/imagenet/val (python -m fvexp.tools.demo DIR builds a small one)")
+    task = cfg.task
+    for key, least in (("grid", 1), ("per_image", 1), ("samples", 1), ("min_count", 1), ("examples", 0)):
+        _require(task[key] >= least, f"task.{key}", task[key], f"{'at least 1' if least else '0 or more'}")
+    _require(task.samples >= task.per_image, "task.samples", task.samples,
+             f"at least task.per_image={task.per_image} (the vectors of one image)")
 
 
 def _validate_pieces(cfg: DictConfig) -> None:
@@ -240,6 +307,20 @@ def _validate_pieces(cfg: DictConfig) -> None:
     _require(bilateral.radius >= 0, "regularizers.bilateral.radius", bilateral.radius, "0 or more pixels")
     _require(cfg.alignment.decay_ratio > 0, "alignment.decay_ratio", cfg.alignment.decay_ratio,
              "a positive ratio by which the penalty falls per image of distance")
+
+
+HELD_OUT = ("lite0", "lite1", "lite2", "lite3", "lite4")  # EfficientNet-Lite variants a measure may load
+
+
+def _validate_measures(measure: DictConfig) -> None:
+    for key, variants in (("measure.judge", [measure.judge] if measure.judge else []),
+                          ("measure.transfer", list(measure.transfer))):
+        for variant in variants:
+            if variant not in HELD_OUT:
+                raise unknown(key, variant, HELD_OUT,
+                              hint=f"Held-out networks are EfficientNet-Lite variants: {', '.join(HELD_OUT)}")
+    for key in ("references", "queries", "bootstrap"):
+        _require(measure[key] >= 1, f"measure.{key}", measure[key], "at least 1")
 
 
 def thresholds(cfg: DictConfig) -> list[int]:

@@ -31,15 +31,15 @@ from fvexp.optvis.objectives import (
     style,
 )
 from fvexp.optvis.optimizers import SteepestDescent, adam
-from fvexp.optvis.params import CPPN, Fourier, LaplacianPyramid, LowRes, Maco, Pixel, Shared
-from fvexp.optvis.regularizers import bilateral, blur, l1, l2, total_variation
+from fvexp.optvis.params import CPPN, Fourier, LaplacianPyramid, LowRes, Maco, Pixel, PriorLatent, Shared
+from fvexp.optvis.regularizers import bilateral, blur, feature_stats, l1, l2, prior, total_variation
 from fvexp.optvis.render import NonFiniteObjective, Render, render
 from fvexp.optvis.transforms import Compose, Crop, Jitter, Pad, Rotate, Scale, standard
 
 __all__ = [
     "CPPN", "Compose", "Crop", "FeatureModel", "Fourier", "Jitter", "LaplacianPyramid", "LowRes", "Maco",
-    "NonFiniteObjective", "Objective", "Pad", "Pixel", "Render", "Rotate", "Scale", "Shared", "SteepestDescent",
-    "adam", "alignment", "bilateral", "blur", "channel", "class_logit", "class_logsumexp", "class_prob",
-    "direction", "diversity", "interpolate", "inversion", "l1", "l2", "layer", "neuron", "per_image",
-    "random_direction", "render", "standard", "style", "total_variation",
+    "NonFiniteObjective", "Objective", "Pad", "Pixel", "PriorLatent", "Render", "Rotate", "Scale", "Shared",
+    "SteepestDescent", "adam", "alignment", "bilateral", "blur", "channel", "class_logit", "class_logsumexp",
+    "class_prob", "direction", "diversity", "feature_stats", "interpolate", "inversion", "l1", "l2", "layer",
+    "neuron", "per_image", "prior", "random_direction", "render", "standard", "style", "total_variation",
 ]

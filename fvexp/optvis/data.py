@@ -129,4 +129,7 @@ class _Images(Dataset):
 def batches(files: list[Path], size: int, batch_size: int, workers: int) -> Iterable[tuple[Tensor, Tensor]]:
     """(images, readable) batches in file order, decoded by `workers` processes; unreadable files
     come as zeros with readable=False."""
-    return DataLoader(_Images(files, size), batch_size=batch_size, num_workers=workers, shuffle=False)
+    # Workers decode the next batches while the network runs on this one; on a GPU machine the batches
+    # come in pinned memory, so that their copy to the device need not wait for the host.
+    return DataLoader(_Images(files, size), batch_size=batch_size, num_workers=workers, shuffle=False,
+                      pin_memory=torch.cuda.is_available(), prefetch_factor=4 if workers else None)

@@ -123,7 +123,7 @@ def _compute(model: FeatureModel, unit: Unit, files: list[Path], data: Any, fold
     bar = tqdm(total=len(files), desc=f"activations {unit.layer}", unit="img", disable=not progress)
     with model.reading([unit.layer]) as read:
         for images, readable in batches(files, data.size, data.batch_size, data.workers):
-            act = read(images.to(model.device))[unit.layer]
+            act = read(images.to(model.device, non_blocking=True))[unit.layer]
             value, position = reduce(act, unit)
             if values is None:
                 map_size = tuple(act.shape[-2:]) if act.dim() == 4 else (1, 1)

@@ -85,8 +85,25 @@ def steps_to_fraction(values: list[float], fraction: float) -> int:
     Smoothing over 5 % of the run keeps transform noise from deciding the answer.
     """
     history = torch.tensor(values)
+    start, end = history[0].item(), smoothed(values)[-1].item()
+    if end <= start:
+        return len(values)
+    return steps_to_value(values, start + fraction * (end - start)) or len(values)
+
+
+def steps_to_value(values: list[float], target: float) -> int | None:
+    """First step whose smoothed objective reaches `target`; None if it never does.
+
+    With one target for every arm of an ablation (say 90 % of the best arm's final objective),
+    an arm that converges fast to a worse objective no longer looks as fast as a better one.
+    """
+    smooth = smoothed(values)
+    reached = (smooth >= target).nonzero()
+    return int(reached[0]) + len(values) - len(smooth) + 1 if len(reached) else None
+
+
+def smoothed(values: list[float]) -> Tensor:
+    """The running mean over 5 % of the run (its last `len - window + 1` points)."""
+    history = torch.tensor(values, dtype=torch.float64)
     window = max(1, len(values) // 20)
-    smooth = history.unfold(0, window, 1).mean(1) if len(values) >= window else history
-    start, end = history[0], smooth[-1]
-    reached = (smooth - start) >= fraction * (end - start)
-    return int(reached.nonzero()[0]) + window if end > start else len(values)
+    return history.unfold(0, window, 1).mean(1)

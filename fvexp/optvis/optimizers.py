@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 from functools import partial
-from typing import Literal
+from typing import Any, Literal, Protocol
 
 import torch
 from torch import Tensor
@@ -19,7 +19,66 @@ from fvexp.errors import FvexpError
 from fvexp.optvis.params import COLOR_CORRELATION, spectrum_scale
 
 METRICS = ("l2", "linf", "decorrelated")
-OptimizerFactory = Callable[[list[torch.nn.Parameter]], torch.optim.Optimizer]
+PLAIN_ADAM_KEYWORDS = frozenset({"lr", "betas", "eps", "weight_decay"})
+
+
+class Stepper(Protocol):
+    """What the optimization loop needs of an optimizer."""
+
+    def zero_grad(self, set_to_none: bool = True) -> None: ...
+
+    def step(self) -> Any: ...
+
+
+OptimizerFactory = Callable[[list[torch.nn.Parameter]], Stepper]
+
+
+class Adam:
+    """torch.optim.Adam's arithmetic, bit for bit on the CPU (its single-tensor path), without torch.optim.
+
+    Creating or stepping any torch.optim optimizer imports torch._dynamo, which takes 1.6 s on two
+    idle cores (several seconds on busy ones) before the first step: most of a short run's start-up.
+    The loop needs only `zero_grad` and `step`, so fvexp runs Adam, its default, with these.
+    """
+
+    def __init__(self, params: Iterable[Tensor], lr: float = 0.05, betas: tuple[float, float] = (0.9, 0.999),
+                 eps: float = 1e-8, weight_decay: float = 0.0) -> None:
+        self.params = list(params)
+        self.lr, (self.beta1, self.beta2), self.eps, self.weight_decay = lr, betas, eps, weight_decay
+        self.steps = [0] * len(self.params)
+        self.moments = [(torch.zeros_like(p), torch.zeros_like(p)) for p in self.params]
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        for p in self.params:
+            if set_to_none:
+                p.grad = None
+            elif p.grad is not None:
+                p.grad.zero_()
+
+    @torch.no_grad()
+    def step(self) -> None:
+        for i, (p, (exp_avg, exp_avg_sq)) in enumerate(zip(self.params, self.moments, strict=True)):
+            if p.grad is None:
+                continue
+            self.steps[i] += 1
+            grad = p.grad if self.weight_decay == 0 else p.grad.add(p, alpha=self.weight_decay)
+            exp_avg.lerp_(grad, 1 - self.beta1)
+            exp_avg_sq.mul_(self.beta2).addcmul_(grad, grad, value=1 - self.beta2)
+            step_size = self.lr / (1 - self.beta1 ** self.steps[i])
+            denom = (exp_avg_sq.sqrt() / (1 - self.beta2 ** self.steps[i]) ** 0.5).add_(self.eps)
+            p.addcdiv_(exp_avg, denom, value=-step_size)
+
+
+def create(factory: OptimizerFactory, params: list[torch.nn.Parameter]) -> Stepper:
+    """The optimizer `factory` makes; torch.optim.Adam with only the keywords `Adam` has becomes `Adam`.
+
+    Configs name torch.optim.Adam (`optimizer=adam`); the plain `Adam` computes the same numbers
+    without importing torch._dynamo. Real parameters only: complex ones go to torch.
+    """
+    if (isinstance(factory, partial) and factory.func is torch.optim.Adam and not factory.args
+            and set(factory.keywords) <= PLAIN_ADAM_KEYWORDS and not any(p.is_complex() for p in params)):
+        return Adam(params, **{**factory.keywords, "betas": tuple(factory.keywords.get("betas", (0.9, 0.999)))})
+    return factory(params)
 
 
 def adam(lr: float = 0.05, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8,

@@ -18,6 +18,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from fvexp.errors import FvexpError
+from fvexp.optvis.priors import TRAIN_HINT
+from fvexp.optvis.priors import load as load_prior
 
 # Square root of the colour covariance of ImageNet, from its SVD (Lucid's `color_correlation_svd_sqrt`),
 # normalized by its largest column norm so that decorrelation never amplifies a channel.
@@ -209,6 +211,26 @@ class Maco(Param):
         image = torch.fft.irfft2(spectrum, s=(self.size, self.size))
         image = image - image.mean((2, 3), keepdim=True)
         return image / (image.std((2, 3), keepdim=True) + 1e-6)
+
+
+class PriorLatent(Param):
+    """The latent code of a learned prior's decoder (Nguyen et al. 2016's generator prior).
+
+    `path` is a prior file from `fvexp task=train_prior` (`fvexp.optvis.priors`). Only images the
+    decoder can draw are reachable, so the result keeps the statistics of the images it was trained
+    on; the code passes through tanh, bounded as the encoder's was in training.
+    """
+
+    def __init__(self, batch: int, size: int, path: str | None = None, sd: float = 0.01, channels: int = 3) -> None:
+        if path is None:
+            raise FvexpError(f"param=prior needs param.path=PRIOR_FILE; {TRAIN_HINT}")
+        super().__init__(decorrelate=False)
+        self.prior = load_prior(path, "param.path", channels, size)
+        side = size // self.prior.stride
+        self.code = nn.Parameter(torch.randn(batch, self.prior.settings["latent"], side, side) * sd)
+
+    def raw(self) -> Tensor:
+        return self.prior.decode_raw(torch.tanh(self.code))
 
 
 def average_magnitude(source: str | Sequence[str], size: int) -> Tensor:

@@ -10,14 +10,20 @@ they suppress high frequencies, and the bilateral variant spares edges while doi
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from fvexp.optvis.objectives import INPUT, Objective
+from fvexp.errors import FvexpError
+from fvexp.optvis.images import load
+from fvexp.optvis.models import FeatureModel
+from fvexp.optvis.objectives import INPUT, Objective, Shapes, inversion
 from fvexp.optvis.params import gaussian_blur
+from fvexp.optvis.priors import TRAIN_HINT
+from fvexp.optvis.priors import check as check_prior
+from fvexp.optvis.priors import load as load_prior
 
 
 def _penalty(name: str, penalty: Callable[[Tensor], Tensor]) -> Objective:
@@ -71,3 +77,81 @@ def bilateral_filter(x: Tensor, sigma_space: float, sigma_color: float, radius: 
     color = (patches - x[:, :, None]).pow(2).sum(1, keepdim=True) / (2 * sigma_color**2)
     weights = torch.exp(-space.view(1, 1, -1, 1, 1) - color)
     return (weights * patches).sum(2) / weights.sum(2)
+
+
+KEY = "regularizers.prior.path"
+
+
+def prior(path: str | None = None) -> Objective:
+    """Mean squared distance to the image denoised by a learned prior ("regularization by denoising").
+
+    `path` is a prior file from `fvexp task=train_prior`. Its gradient, the residual x − D(x), points
+    away from what the denoiser, trained on your images, would remove: noise and unnatural texture.
+    """
+    if path is None:
+        raise FvexpError(f"regularizers.prior.path=PRIOR_FILE is needed with regularizers.prior.weight; {TRAIN_HINT}")
+    net = load_prior(path, KEY)
+
+    def prepare(model: FeatureModel, shapes: Shapes) -> None:
+        check_prior(net, path, KEY, channels=model.image_channels)
+        net.to(model.device)
+
+    def penalty(x: Tensor) -> Tensor:
+        check_prior(net, path, KEY, size=max(x.shape[-2:]))
+        with torch.no_grad():
+            denoised = net(x)
+        return (x - denoised).pow(2).flatten(1).mean(1)
+
+    return Objective(lambda acts: penalty(acts[INPUT]), frozenset({INPUT}), "prior", (prepare,))
+
+
+def feature_stats(images: Sequence[str] = (), layers: Sequence[str] = (), size: int = 224) -> Objective:
+    """Match the sorted activations of each channel to those of natural `images` (VITAL, Fel et al. 2023).
+
+    Per channel, the visualization's values over all positions, sorted, are pulled towards the mean
+    sorted values of the reference images at `layers`: the distribution of a natural image's
+    response, not only its strongest value. With `data.dir` fvexp fills in the unit's top examples
+    and its layer. Each layer's distance is divided by the reference's mean square.
+    """
+    if not images or not layers:
+        raise FvexpError("regularizers.feature_stats needs reference images and layers: set data.dir=FOLDER (the "
+                         "unit's top examples there and the unit's layer are used), or "
+                         "regularizers.feature_stats.images=[...] and regularizers.feature_stats.layers=[...]")
+    reference: dict[str, Tensor] = {}
+
+    def prepare(model: FeatureModel, shapes: Shapes) -> None:
+        flat = [name for name in layers if len(shapes[name]) != 4]
+        if flat:
+            raise FvexpError(f"regularizers.feature_stats.layers: {flat[0]} gives {tuple(shapes[flat[0]])} outputs, "
+                             "and sorted feature statistics need (batch, channels, h, w) maps")
+        batch = torch.cat([load(i, size, key="regularizers.feature_stats.images") for i in images])
+        with torch.no_grad(), model.reading(list(layers)) as read:
+            acts = read(batch.to(model.device))
+        reference.update({name: acts[name].flatten(2).sort(2).values.mean(0) for name in layers})
+
+    def value(acts: Mapping[str, Tensor]) -> Tensor:
+        total = torch.zeros((), device=next(iter(acts.values())).device)
+        for name in layers:
+            mine, target = acts[name].flatten(2).sort(2).values, reference[name]
+            if target.shape[-1] != mine.shape[-1]:  # transforms changed the map size: compare the quantiles
+                target = F.interpolate(target[None], size=mine.shape[-1], mode="linear", align_corners=True)[0]
+            total = total + (mine - target).pow(2).flatten(1).mean(1) / target.pow(2).mean().clamp(min=1e-12)
+        return total
+
+    return Objective(value, frozenset(layers), f"feature stats ({len(images)} images)", (prepare,))
+
+
+def path(image: str | None = None, layers: Sequence[str] = (), size: int = 224) -> Objective:
+    """Keep the activations at `layers` near those of a start `image` (feature accentuation, Hamblin et al. 2024).
+
+    The sum of each layer's normalized squared distance (an `inversion` of the image per layer), so
+    that an accentuated image reaches the unit along the path of the photo it started from. With
+    `param.init=image` fvexp fills in `param.image` and the layers on the way to the unit.
+    """
+    if image is None or not layers:
+        raise FvexpError("regularizers.path needs a start image and layers: set param.init=image param.image=PATH "
+                         "(the layers up to the unit's are used), or regularizers.path.image and .layers")
+    load(image, size, key="regularizers.path.image")  # a bad file fails here, named by its key
+    kept = [inversion(name, image, size) for name in layers]
+    return Objective(lambda acts: -sum(term(acts) for term in kept), frozenset().union(*(t.layers for t in kept)),
+                     f"path ({len(layers)} layers)", tuple(p for term in kept for p in term.preparations))

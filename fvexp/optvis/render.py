@@ -6,6 +6,7 @@ Everything else (objectives, parameterizations, transforms, optimizers) is a pie
 
 from __future__ import annotations
 
+import math
 import sys
 from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
@@ -17,7 +18,7 @@ from tqdm import tqdm
 from fvexp.errors import FvexpError
 from fvexp.optvis.models import FeatureModel
 from fvexp.optvis.objectives import INPUT, Objective
-from fvexp.optvis.optimizers import OptimizerFactory
+from fvexp.optvis.optimizers import OptimizerFactory, create
 from fvexp.optvis.transforms import Compose
 
 
@@ -41,6 +42,45 @@ class NonFiniteObjective(FvexpError):
         self.step, self.image, self.values = step, image, values
 
 
+READ_EVERY = 32  # steps between reads of the objective on an accelerator (every step on the CPU)
+
+
+class _Readings:
+    """The objective's values, read from the device in batches so that the loop never waits on them.
+
+    A read (`.item()`) makes the host wait until the device has finished every step queued so far;
+    on a GPU that stalls the loop once per step. Values stay on the device until `flush`, which
+    reads them with one copy, checks them, and hands them to `on_step` in order. On the CPU there is
+    nothing to wait for, so every step is flushed at once and behaves exactly as a per-step read.
+    """
+
+    def __init__(self, image: Tensor, every: int, on_step: Callable[[int, float], None] | None, bar: tqdm) -> None:
+        self.values: list[float] = []
+        self.pending: list[tuple[int, Tensor, Tensor]] = []  # (step, value, the image it was computed on)
+        self.last_finite, self.every, self.on_step, self.bar = image.detach(), every, on_step, bar
+
+    def add(self, step: int, value: Tensor, image: Tensor) -> None:
+        self.pending.append((step, value.detach(), image.detach()))
+        if len(self.pending) >= self.every:
+            self.flush()
+
+    def flush(self) -> None:
+        """Read the pending values; raise `NonFiniteObjective` at the first one that is not finite."""
+        if not self.pending:
+            return
+        read = torch.stack([value for _, value, _ in self.pending]).tolist()  # one device-to-host copy
+        pending, self.pending = self.pending, []
+        for (step, _, image), value in zip(pending, read, strict=True):
+            if not math.isfinite(value):
+                raise NonFiniteObjective(step, value, self.last_finite, self.values)
+            self.last_finite = image
+            self.values.append(value)
+            if self.on_step:
+                self.on_step(step, value)
+        self.bar.set_postfix(objective=f"{self.values[-1]:.4g}", refresh=False)
+        self.bar.update(len(pending))
+
+
 def render(
     model: FeatureModel,
     objective: Objective,
@@ -53,39 +93,39 @@ def render(
     on_step: Callable[[int, float], None] | None = None,
     on_threshold: Callable[[int, Tensor], None] | None = None,
     progress: bool = True,
+    read_every: int | None = None,
 ) -> Render:
     """Maximize `objective` over the images of `param` for `steps` steps and return the result.
 
-    `on_step(step, value)` sees the objective after each step; `on_threshold(step, image)` gets the
-    image after `step` updates for each step in `thresholds`. Ctrl-C ends the loop early and
-    returns what there is with `interrupted=True`.
+    `on_step(step, value)` sees the objective after each step (on an accelerator, in batches of
+    `READ_EVERY` steps, never later than the next threshold image); `on_threshold(step, image)` gets
+    the image after `step` updates for each step in `thresholds`. Ctrl-C ends the loop early and
+    returns what there is with `interrupted=True`. `read_every` overrides how many steps pass between
+    reads of the objective (1 on the CPU, `READ_EVERY` elsewhere).
     """
     generator = torch.Generator().manual_seed(seed)  # CPU generator: same draws on every device
-    opt = optimizer(list(param.parameters()))
-    values: list[float] = []
-    image = last_finite = param()
+    opt = create(optimizer, list(param.parameters()))
+    image = param()
     bar = tqdm(total=steps, desc="fvexp", unit="step", disable=not progress, dynamic_ncols=True)
+    every = read_every or (1 if image.device.type == "cpu" else READ_EVERY)
+    readings = _Readings(image, every, on_step, bar)
     with model.reading(objective.network_layers) as read:
         try:
             for step in range(1, steps + 1):
                 value = objective({**read(transforms(image, generator)), INPUT: image}).mean()
-                if not torch.isfinite(value):
-                    raise NonFiniteObjective(step, value.item(), last_finite.detach(), values)
-                last_finite = image
                 opt.zero_grad(set_to_none=True)
                 (-value).backward()
                 opt.step()
+                readings.add(step, value, image)
                 image = param()
-                values.append(value.item())
-                if on_step:
-                    on_step(step, values[-1])
                 if on_threshold and step in thresholds:
+                    readings.flush()
                     on_threshold(step, image.detach())
-                bar.set_postfix(objective=f"{values[-1]:.4g}", refresh=False)
-                bar.update()
+            readings.flush()
         except KeyboardInterrupt:
-            bar.write(f"interrupted at step {len(values)}; keeping the last image", file=sys.stderr)
-            return Render(image.detach(), values, interrupted=True)
+            readings.flush()
+            bar.write(f"interrupted at step {len(readings.values)}; keeping the last image", file=sys.stderr)
+            return Render(image.detach(), readings.values, interrupted=True)
         finally:
             bar.close()
-    return Render(image.detach(), values)
+    return Render(image.detach(), readings.values)

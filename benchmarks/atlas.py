@@ -1,0 +1,59 @@
+"""Time each phase of a 20×20 activation atlas of the demo folder (sample, layout, render, write).
+
+    python benchmarks/atlas.py --steps 48 --size 64 --picture docs/atlas.png
+
+Builds the demo folder (`fvexp-demo`, 266 images) in a temporary folder unless --data is given, runs
+`task=atlas` from a fresh atlas folder (nothing resumed) through `fvexp.run`, and prints the
+`atlas.seconds.*` metrics, the cells rendered and the seconds per cell. --picture copies atlas.png.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+import fvexp
+from fvexp.tools.demo import build
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data", help="image folder (default: the demo folder, built in a temporary folder)")
+    parser.add_argument("--layer", default="_blocks.8")
+    parser.add_argument("--grid", type=int, default=20)
+    parser.add_argument("--steps", type=int, default=48)
+    parser.add_argument("--size", type=int, default=64)
+    parser.add_argument("--per-batch", type=int, default=32)
+    parser.add_argument("--picture", help="copy atlas.png here (e.g. docs/atlas.png)")
+    parser.add_argument("--dir", help="the atlas folder (task.dir); one left by an earlier run resumes it, so "
+                                      "its finished phases then take no time (default: a fresh one)")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory(prefix="fvexp-atlas-") as scratch:
+        data = args.data or str(Path(scratch) / "demo")
+        if not args.data:
+            build(Path(data))
+        started = time.perf_counter()
+        folder = args.dir or Path(scratch) / "atlas"
+        result = fvexp.run("task=atlas", f"objective.layer={args.layer}", f"data.dir={data}",
+                           f"task.grid={args.grid}", f"task.per_batch={args.per_batch}", f"render.steps={args.steps}",
+                           f"render.size={args.size}", f"task.dir={folder}", "tracking=none",
+                           f"hydra.run.dir={Path(scratch) / 'run'}")
+        total = time.perf_counter() - started
+        metrics = result.metrics
+        print(f"{args.grid}×{args.grid} atlas of {args.layer}, {metrics['atlas.vectors']:.0f} vectors from "
+              f"{metrics['atlas.images']:.0f} images, {metrics['atlas.cells']:.0f} cells rendered "
+              f"({args.steps} steps at {args.size} px, {args.per_batch} per batch)")
+        for phase in ("sample", "layout", "render", "write"):
+            print(f"  {phase:7s} {metrics[f'atlas.seconds.{phase}']:7.1f} s")
+        print(f"  render per cell {metrics['atlas.seconds.render'] / max(1, metrics['atlas.cells']):.2f} s; "
+              f"whole command {total:.1f} s (with model load and the own-direction check); "
+              f"own direction share {metrics['atlas.own_direction_share']:.2f}")
+        if args.picture:
+            shutil.copyfile(result.path, args.picture)
+
+
+if __name__ == "__main__":
+    main()

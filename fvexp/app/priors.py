@@ -1,0 +1,137 @@
+"""Learned priors in a run: the `train_prior` task, and the terms whose settings come from the run's data.
+
+`task=train_prior data.dir=FOLDER` trains the library's denoising autoencoder (`fvexp.optvis.priors`)
+on crops of the folder and prints the prior file's path last; runs point at it with
+`regularizers.prior.path=` or `param=prior param.path=`, and record its sha256 as `prior.sha256`.
+The feature-statistics and path terms need the run's unit and data (the unit's top examples, the
+start image, the layers on the way to the unit): `with_data_terms` fills them in before the
+objective is built, so the library's terms stay plain functions of files and layer names.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import time
+from pathlib import Path
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from fvexp.app.build import cache_dir, model_key
+from fvexp.app.recorder import Recorder
+from fvexp.app.result import Job, Result
+from fvexp.errors import FvexpError
+from fvexp.optvis import examples, priors
+from fvexp.optvis.data import batches, scan
+from fvexp.optvis.environment import sha256
+from fvexp.optvis.images import contact_sheet, load, to_pil
+from fvexp.optvis.models import FeatureModel
+from fvexp.optvis.objectives import Objective
+from fvexp.optvis.params import fit
+from fvexp.optvis.sanity import path_layers
+
+LOG_EVERY = 10  # training steps per point of the loss curve
+
+
+def train_prior(cfg: DictConfig, model: FeatureModel, job: Job, tracker: Recorder) -> Result:
+    """`task=train_prior`: train the prior on data.dir, save `prior.pt` and a picture of what it denoises."""
+    images = folder_images(cfg)
+    held_out, train_images = images[: max(1, len(images) // 10)], images[max(1, len(images) // 10):]
+    settings = {k: v for k, v in OmegaConf.to_container(cfg.task).items() if k not in ("_target_", "name")}
+    losses: list[float] = []
+
+    def on_step(step: int, loss: float) -> None:
+        losses.append(loss)
+        if step % LOG_EVERY == 0 or step == settings["steps"]:
+            tracker.log_step(step, sum(losses[-LOG_EVERY:]) / len(losses[-LOG_EVERY:]))
+
+    started = time.perf_counter()
+    net = priors.train(train_images if len(train_images) else images, seed=cfg.seed, on_step=on_step, **settings)
+    seconds = time.perf_counter() - started
+    tail = losses[-max(1, len(losses) // 10):]
+    metrics = {"train_loss": sum(tail) / len(tail), "train_loss_first": losses[0], "train_seconds": seconds,
+               "train_images": len(images), "held_out_psnr": priors.denoising_psnr(net, held_out, settings["noise"]),
+               "held_out_noisy_psnr": priors.denoising_psnr(torch.nn.Identity(), held_out, settings["noise"])}
+    path = priors.save(net, job.out_dir / "prior.pt", cfg.data.size,
+                       {"data.dir": str(cfg.data.dir), "images": len(images), **metrics})
+    (job.out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    sheet = job.out_dir / "denoised.png"
+    with torch.no_grad():
+        shown = held_out[:4]
+        noisy = (shown + settings["noise"] * torch.randn(shown.shape, generator=torch.Generator().manual_seed(0)))
+        cells = [(to_pil(x), label) for row in zip(shown, noisy.clamp(0, 1), net(noisy.clamp(0, 1)), strict=True)
+                 for x, label in zip(row, ("held-out photo", "with noise", "denoised"), strict=True)]
+    contact_sheet(cells, columns=3, side=160).save(sheet)
+    tracker.log_metrics(metrics)
+    tracker.set_tags({"prior.sha256": sha256(path)})
+    for file in (path, sheet, job.out_dir / "metrics.json"):
+        tracker.log_file(file)
+    return Result(None, losses, metrics, path)
+
+
+def folder_images(cfg: DictConfig) -> torch.Tensor:
+    """Every readable image of data.dir at data.size, as one (N, 3, size, size) tensor, in file order."""
+    kept = []
+    for images, readable in batches(scan(cfg.data.dir), cfg.data.size, cfg.data.batch_size, cfg.data.workers):
+        kept.append(images[readable])
+    images = torch.cat(kept)
+    if len(images) < 2:
+        raise FvexpError(f"task=train_prior needs at least 2 readable images in data.dir={cfg.data.dir!r}, and there "
+                         f"are {len(images)}")
+    return images
+
+
+def prior_files(cfg: DictConfig) -> list[str]:
+    """The prior files the run reads, once each: the penalty's and the parameterization's."""
+    files = [cfg.regularizers.prior.path] if cfg.regularizers.prior.weight else []
+    if cfg.param.get("_target_", "").endswith(".PriorLatent"):
+        files.append(cfg.param.path)
+    return list(dict.fromkeys(f for f in files if f))
+
+
+def prior_tags(cfg: DictConfig) -> dict[str, str]:
+    """`prior.sha256` of the prior file(s) the run reads (comma-separated if two differ); none if there are none."""
+    files = [f for f in prior_files(cfg) if Path(f).expanduser().is_file()]
+    return {"prior.sha256": ",".join(sha256(Path(f).expanduser()) for f in files)} if files else {}
+
+
+def with_data_terms(cfg: DictConfig, model: FeatureModel, main: Objective) -> DictConfig:
+    """`cfg` with the unit's top examples and layers in `feature_stats`, and the start image and path in `path`."""
+    stats, path = cfg.regularizers.feature_stats, cfg.regularizers.path
+    if not stats.weight and not path.weight:
+        return cfg
+    cfg = copy.deepcopy(cfg)
+    if stats.weight:
+        unit = examples.unit_of(main, "regularizers.feature_stats")
+        layers = list(stats.layers) or spatial_path(model, unit.layer)[-1:]
+        images = list(stats.images) or top_examples(cfg, model, main)
+        OmegaConf.update(cfg, "regularizers.feature_stats", {"layers": layers, "images": images, "size": cfg.data.size})
+    if path.weight:
+        unit = examples.unit_of(main, "regularizers.path")
+        OmegaConf.update(cfg, "regularizers.path", {"image": path.image or cfg.param.image,
+                                                     "layers": list(path.layers) or path_layers(model, unit.layer),
+                                                     "size": cfg.render.size})
+    return cfg
+
+
+def spatial_path(model: FeatureModel, layer: str) -> list[str]:
+    """The layers on the way to `layer` (sanity's path) whose output is a map of more than one position."""
+    names = path_layers(model, layer)
+    shapes = model.probe(names, model.min_size * 4)
+    return [name for name in names if len(shapes[name]) == 4 and shapes[name][-1] * shapes[name][-2] > 1]
+
+
+def top_examples(cfg: DictConfig, model: FeatureModel, main: Objective) -> list[str]:
+    """The files of the unit's top data.k examples in data.dir, from the activation cache."""
+    unit = examples.unit_of(main, "regularizers.feature_stats")
+    acts = examples.activations(model, unit, cfg.data, model_key(cfg, model), cache_dir(cfg), cfg.progress)
+    return [str(e.file) for e in examples.select(acts, unit, cfg.data.k, 1)["top"]]
+
+
+def start_from_image(cfg: DictConfig, model: FeatureModel, param: torch.nn.Module, out_dir: Path) -> dict[str, float]:
+    """Fit every image of `param` to `param.image` (feature accentuation's start); the fit goes to `init.json`."""
+    image = load(cfg.param.image, cfg.render.size, key="param.image").to(model.device)
+    psnr = fit(param, image.expand(cfg.render.batch, -1, -1, -1))
+    (out_dir / "init.json").write_text(json.dumps({"files": [str(cfg.param.image)], "psnr_db": psnr}, indent=2))
+    return {"init_psnr": psnr}

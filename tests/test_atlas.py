@@ -1,0 +1,115 @@
+"""The activation atlas: grid binning and its errors (fast), and whole atlases on the real model (slow)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import fvexp
+from fvexp.app.schema import validate
+from fvexp.errors import FvexpError
+from fvexp.optvis import atlas as lib
+from fvexp.optvis.data import open_image
+from fvexp.optvis.objectives import direction
+from tests.conftest import fvexp as run_fvexp
+from tests.conftest import make
+
+LAYER = "_blocks.8"
+SMALL = ["render.size=64", "progress=false", "data.workers=0"]
+
+
+def test_cells_average_what_falls_in_them_and_leave_sparse_cells_empty() -> None:
+    xy = np.array([[0.1, 0.9], [0.2, 0.8], [0.15, 0.95], [0.9, 0.1], [0.6, 0.2], [0.55, 0.6]])
+    vectors = np.arange(12, dtype=np.float32).reshape(6, 2)
+    [top_left] = lib.cells(xy, vectors, grid=2, min_count=3)
+    assert (top_left.row, top_left.col, top_left.count) == (0, 0, 3)  # row 0 is the top of the layout (y near 1)
+    assert np.allclose(top_left.direction, vectors[:3].mean(0))
+    assert [c.count for c in lib.cells(xy, vectors, grid=2, min_count=1)] == [3, 1, 2]
+
+
+def test_a_sample_too_small_for_the_grid_is_one_clear_error() -> None:
+    with pytest.raises(FvexpError, match=r"6 activation vectors, too few for a task.grid=3 atlas .*task.grid=2 or"):
+        lib.cells(np.random.rand(6, 2), np.random.rand(6, 4), grid=3)
+    with pytest.raises(FvexpError, match=r"no cell of the task.grid=2 atlas holds task.min_count=5"):
+        lib.cells(np.array([[0.25, 0.25], [0.75, 0.25], [0.25, 0.75], [0.75, 0.75]] * 2), np.ones((8, 4)), 2, 5)
+
+
+def test_the_sample_not_the_folder_bounds_what_is_read() -> None:
+    chosen = lib.choose(1_000_000, per_image=8, total=4000, seed=0)
+    assert len(chosen) == 500 and (np.diff(chosen) > 0).all()
+    assert (lib.choose(100, 8, 4000) == np.arange(100)).all()  # a small folder is read whole
+
+
+def test_the_atlas_task_composes_and_checks_its_settings() -> None:
+    cfg = make("task=atlas", f"objective.layer={LAYER}")
+    assert cfg.task.grid == 20 and cfg.task.class_filter is None
+    with pytest.raises(FvexpError, match=r"data.dir=None is not allowed: data.dir must be an image folder"):
+        validate(cfg)
+    with pytest.raises(FvexpError, match=r"task.grid=0 is not allowed"):
+        validate(make("task=atlas", "data.dir=photos", "task.grid=0"))
+
+
+def direction_values(model: fvexp.FeatureModel, images: torch.Tensor, directions: list[np.ndarray]) -> torch.Tensor:
+    """(images, directions): the atlas's own objective (Lucid's dot × cos) of each unit direction on each image."""
+    with torch.no_grad(), model.reading([LAYER]) as read:
+        acts = {LAYER: read(images)[LAYER]}
+    return torch.stack([direction(LAYER, (d / np.linalg.norm(d)).tolist(), 1.0)(acts) for d in directions], 1)
+
+
+@pytest.mark.slow
+def test_an_atlas_of_the_demo_folder_renders_each_cell_for_its_own_direction(demo_folder, model, tmp_path) -> None:
+    args = ["task=atlas", f"objective.layer={LAYER}", f"data.dir={demo_folder}", "task.grid=3", "task.per_batch=5",
+            "render.steps=64", *SMALL]
+    done = run_fvexp(*args, f"hydra.run.dir={tmp_path / 'run'}", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    out = tmp_path / "run"
+    assert done.stdout.strip().splitlines()[-1] == str(out / "atlas.png")
+    [folder] = (tmp_path / "outputs" / "atlas").iterdir()
+    sample = lib.Sample.load(folder / "sample.npz")
+    cells = lib.cells(np.load(folder / "layout.npy"), sample.vectors, 3, 3)
+    assert len(sample.vectors) == 84 * 8 and sum(c.count for c in cells) <= len(sample.vectors)
+
+    # each rendered cell excites its own direction more than the other cells' directions
+    images = torch.stack([open_image(folder / f"{c.name}.png", 64) for c in cells])
+    values = direction_values(model, images, [c.direction for c in cells])
+    assert (values.argmax(1) == torch.arange(len(cells))).all(), values
+
+    page = (out / "index.html").read_text()
+    assert page.count("<section") == len(cells) and "the head says" in page
+    assert all(f"<b>{c.count}</b> positions" in page for c in cells)
+    assert page.count('title="') >= len(cells) * 2  # crops of the cell's images, named by their file
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["atlas.cells"] == len(cells) and metrics["atlas.own_direction_share"] == 1.0
+    assert {"atlas.seconds.sample", "atlas.seconds.layout", "atlas.seconds.render"} <= set(metrics)
+    import mlflow  # 2-3 s to import: only in the slow test that reads the store
+
+    client = mlflow.MlflowClient(f"sqlite:///{tmp_path / 'outputs' / 'mlflow.db'}")
+    [run] = client.search_runs([e.experiment_id for e in client.search_experiments()])
+    assert run.info.status == "FINISHED" and run.data.metrics["atlas.cells"] == len(cells)
+    assert {"atlas.png", "scatter.png", "index.html"} <= {a.path for a in client.list_artifacts(run.info.run_id)}
+
+    again = run_fvexp(*args, "tracking=none", f"hydra.run.dir={tmp_path / 'again'}", cwd=tmp_path)
+    assert again.returncode == 0, again.stderr
+    assert f"resuming the atlas in {folder}: {len(cells)} of {len(cells)} cells are done" in again.stdout
+    assert json.loads((tmp_path / "again" / "metrics.json").read_text())["atlas.seconds.render"] < 1
+
+
+@pytest.mark.slow
+def test_a_class_atlas_from_python_keeps_only_that_class(demo_folder, model, tmp_path) -> None:
+    kept = tmp_path / "kept"
+    with pytest.raises(FvexpError, match=r"too few for a task.grid=40 atlas"):
+        fvexp.atlas(model, LAYER, demo_folder, grid=40, dir=str(kept), steps=4, size=64, progress=False)
+    sample = lib.Sample.load(kept / "sample.npz")  # the sample is kept even though the grid was refused
+    label = int(np.bincount(sample.predicted[sample.predicted >= 0]).argmax())
+    name = model.classes[label]
+    result = fvexp.atlas(model, LAYER, demo_folder, grid=2, min_count=2, class_filter=name, steps=4, size=64,
+                         progress=False, out_dir=tmp_path / "py", dir=str(tmp_path / "class"))
+    ours = int((sample.predicted[sample.image] == label).sum())
+    assert len(np.load(tmp_path / "class" / "layout.npy")) == ours < len(sample.vectors)
+    assert result.image.shape[1:] == (3, 64, 64) and result.metrics["atlas.vectors"] == ours
+    assert f"of images predicted {name}" in (tmp_path / "py" / "index.html").read_text()
+    assert Path(result.path).name == "atlas.png" and (tmp_path / "py" / "scatter.png").exists()
