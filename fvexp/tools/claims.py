@@ -36,6 +36,7 @@ COLUMNS = {"objective_untransformed": "objective", "objective_transformed": "obj
            "transfer.top5": "transfer top-5", "transfer.prob": "transfer prob."}
 TRANSFER = ("lite1", "lite2")  # the held-out networks averaged into transfer.top5 / transfer.prob
 NATURAL = "natural photos (demo)"  # the table row of the demo photos' own statistics
+SAME_OBJECTIVE = {"preconditioning"}  # presets whose arms log the same objective per step: one target for all
 Table = dict[str, dict[str, float]]  # arm -> metric -> value
 
 
@@ -136,11 +137,14 @@ def latest_sweep(client, preset: str) -> list:
     return sorted((r for r in runs if r.data.tags.get("fvexp.sweep") == sweep), key=lambda r: r.info.start_time)
 
 
-def table_of(client, runs: list, natural_row: dict[str, float]) -> tuple[Table, dict[str, list[list[float]]]]:
+def table_of(client, runs: list, natural_row: dict[str, float],
+             common_target: bool) -> tuple[Table, dict[str, list[list[float]]]]:
     """Per arm, the mean of its runs' metrics (and `runs`, their count); and each run's objective per step.
 
     `steps_to_common` is measured against one target for every arm: 90 % of the best arm's final
     objective (smoothed), so a fast arm that settles lower is not counted as fast. NaN: never reached.
+    Only where every arm optimizes the same objective (`common_target`): penalties and transforms
+    change the logged value, so a common target across them means nothing.
     """
     curves: dict[str, list[list[float]]] = {}
     grouped: dict[str, list[dict[str, float]]] = {}
@@ -159,7 +163,7 @@ def table_of(client, runs: list, natural_row: dict[str, float]) -> tuple[Table, 
     for name, rows in grouped.items():
         table[name] = {key: sum(r[key] for r in rows) / len(rows) for key in rows[0] if all(key in r for r in rows)}
         reached = [steps_to_value(c, target) for c in curves[name] if c]
-        if reached and not math.isnan(target):
+        if common_target and reached and not math.isnan(target):
             table[name]["steps_to_common"] = (math.nan if None in reached else sum(reached) / len(reached))
         table[name]["runs"] = len(rows)
     table[NATURAL] = natural_row
@@ -171,7 +175,7 @@ def section(client, preset: str, out: Path, natural_row: dict[str, float]) -> st
     runs = latest_sweep(client, preset)
     if not runs:
         return f"## {preset}\n\n{summary}\n\nNo finished sweep in the store: run `fvexp experiment={preset}`.\n"
-    table, curves = table_of(client, runs, natural_row)
+    table, curves = table_of(client, runs, natural_row, preset in SAME_OBJECTIVE)
     steps = runs[0].data.params.get("render.steps")
     sweep = runs[0].data.tags.get("fvexp.sweep", "")
     shown = [c for c in COLUMNS if any(c in row for arm_, row in table.items() if arm_ != NATURAL)]
@@ -230,14 +234,14 @@ def draw_curves(curves: dict[str, list[list[float]]], path: Path, preset: str) -
 
 def natural_statistics() -> dict[str, float]:
     """High-frequency energy and spectral slope of the demo photos (each whole, at 224 px), averaged."""
-    from fvexp.tools.demo import PHOTOS, build
+    from fvexp.tools.demo import build
 
     with tempfile.TemporaryDirectory() as tmp:
-        files = [f for f in build(Path(tmp)) if f.stem == "full"]
+        files = [f for f in build(Path(tmp)) if f.stem.endswith("_full")]
         images = [open_image(f, 224)[None] for f in files]
     stats = [(high_frequency_energy(i), spectral_slope(i)) for i in images]
     return {"high_frequency_energy": sum(h for h, _ in stats) / len(stats),
-            "spectral_slope": sum(s for _, s in stats) / len(stats), "runs": float(len(PHOTOS))}
+            "spectral_slope": sum(s for _, s in stats) / len(stats)}
 
 
 def strip(client, runs: list, path: Path) -> None:
