@@ -295,14 +295,15 @@ def _dot_cossim(acts: Tensor, vector: Tensor, cossim_pow: float) -> Tensor:
 
 def direction(layer: str, vector: list[float], cossim_pow: float = 0.0) -> Objective:
     """A direction in a layer's activation space: a mix of channels, favouring alignment by cos^p."""
-    weights = torch.tensor(vector, dtype=torch.float32)
+    weights = [torch.tensor(vector, dtype=torch.float32)]
 
     def check(model: FeatureModel, shapes: Shapes) -> None:
-        if len(weights) != shapes[layer][1]:
-            raise FvexpError(f"objective.vector has {len(weights)} values but layer {layer!r} has "
+        if len(weights[0]) != shapes[layer][1]:
+            raise FvexpError(f"objective.vector has {len(weights[0])} values but layer {layer!r} has "
                              f"{shapes[layer][1]} channels; give one weight per channel")
+        weights[0] = weights[0].to(model.device)  # once: a copy per step would stall a GPU's queue
 
-    return Objective(lambda acts: _dot_cossim(acts[layer], weights.to(acts[layer].device), cossim_pow),
+    return Objective(lambda acts: _dot_cossim(acts[layer], weights[0].to(acts[layer].device), cossim_pow),
                      frozenset({layer}), f"direction {layer}", (_check_kind(layer, "direction"), check))
 
 
@@ -312,7 +313,7 @@ def random_direction(layer: str, seed: int = 0, cossim_pow: float = 0.0) -> Obje
 
     def draw(model: FeatureModel, shapes: Shapes) -> None:
         v = torch.randn(shapes[layer][1], generator=torch.Generator().manual_seed(seed))
-        vector[:] = [v / v.norm()]
+        vector[:] = [(v / v.norm()).to(model.device)]
 
     return Objective(lambda acts: _dot_cossim(acts[layer], vector[0].to(acts[layer].device), cossim_pow),
                      frozenset({layer}), f"random direction {layer} #{seed}",

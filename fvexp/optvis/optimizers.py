@@ -16,7 +16,7 @@ import torch
 from torch import Tensor
 
 from fvexp.errors import FvexpError
-from fvexp.optvis.params import COLOR_CORRELATION, spectrum_scale
+from fvexp.optvis.params import color_correlation, spectrum_scale
 
 METRICS = ("l2", "linf", "decorrelated")
 PLAIN_ADAM_KEYWORDS = frozenset({"lr", "betas", "eps", "weight_decay"})
@@ -128,7 +128,7 @@ def decorrelate(grad: Tensor, decay_power: float) -> Tensor:
     """
     if grad.dim() != 4 or grad.shape[1] != 3 or grad.shape[-1] != grad.shape[-2]:
         raise FvexpError("optimizer.metric=decorrelated needs a square RGB image parameter: use param=pixel")
-    colour = COLOR_CORRELATION.to(grad.device)
+    colour = color_correlation(grad.device)
     grad = torch.einsum("cd,bchw->bdhw", colour, grad)  # Sᵀ: colour part
     size = grad.shape[-1]
     scale = spectrum_scale(size, decay_power).to(grad.device) / size

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
+from functools import cache
 from pathlib import Path
 
 import torch
@@ -27,6 +28,12 @@ COLOR_CORRELATION_SVD_SQRT = torch.tensor([[0.26, 0.09, 0.02], [0.27, 0.00, -0.0
 COLOR_CORRELATION = COLOR_CORRELATION_SVD_SQRT / COLOR_CORRELATION_SVD_SQRT.norm(dim=0).max()
 
 
+@cache
+def color_correlation(device: torch.device) -> Tensor:
+    """The colour matrix on `device`, copied there once: a copy per step would stall a GPU's queue."""
+    return COLOR_CORRELATION.to(device)
+
+
 def to_rgb(t: Tensor, decorrelate: bool) -> Tensor:
     """Map unbounded values to [0, 1] RGB, first mixing decorrelated colour components if asked.
 
@@ -34,7 +41,7 @@ def to_rgb(t: Tensor, decorrelate: bool) -> Tensor:
     which the article finds removes the washed-out, grey-green look of plain RGB optimization.
     """
     if decorrelate and t.shape[1] == 3:  # ImageNet's colour statistics mean nothing for other channels
-        t = torch.einsum("dc,bchw->bdhw", COLOR_CORRELATION.to(t.device), t)
+        t = torch.einsum("dc,bchw->bdhw", color_correlation(t.device), t)
     return torch.sigmoid(t)
 
 
