@@ -233,7 +233,8 @@ def validate(cfg: DictConfig) -> None:
 def _validate_training(cfg: DictConfig) -> None:
     """The settings of `task=train_prior`: a crop that fits data.size, and positive counts."""
     task, stride = cfg.task, 2**cfg.task.depth
-    for key in ("steps", "batch", "width", "latent", "depth"):
+    _require(task.steps >= 3, "task.steps", task.steps, "at least 3 (the learning rate warms up, then anneals)")
+    for key in ("batch", "width", "latent", "depth"):
         _require(task[key] >= 1, f"task.{key}", task[key], "at least 1")
     _require(task.lr > 0, "task.lr", task.lr, "a positive learning rate")
     _require(0 <= task.noise <= 1, "task.noise", task.noise, "the largest noise sd, between 0 and 1")

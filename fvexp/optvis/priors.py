@@ -83,7 +83,8 @@ def train(images: Tensor, crop: int = 48, steps: int = 800, batch: int = 16, noi
     torch.manual_seed(seed)
     net = Autoencoder(images.shape[1], width, latent, depth)
     optimizer = torch.optim.Adam(net.parameters(), lr=lr)
-    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=lr, total_steps=steps, pct_start=0.1)
+    warm_up = min(0.5, max(0.1, 2.5 / steps))  # at least two steps of warm-up, or OneCycleLR divides by zero
+    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=lr, total_steps=steps, pct_start=warm_up)
     for step in range(1, steps + 1):
         clean = random_crops(images, crop, batch, generator)
         sigma = torch.rand(batch, 1, 1, 1, generator=generator) * noise
