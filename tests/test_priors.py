@@ -43,7 +43,7 @@ def folder_images(demo_folder: Path) -> torch.Tensor:
 
 def test_a_prior_file_round_trips_and_its_decoder_draws_images_of_the_run(tmp_path: Path) -> None:
     images = torch.rand(3, 3, SIZE, SIZE)
-    path = tiny_prior(images, tmp_path / "prior.pt", steps=2)
+    path = tiny_prior(images, tmp_path / "prior.pt", steps=3)
     param = PriorLatent(batch=2, size=SIZE, path=str(path))
     drawn = param()
     assert drawn.shape == (2, 3, SIZE, SIZE) and drawn.min() >= 0 and drawn.max() <= 1
