@@ -17,10 +17,10 @@ import mlflow
 import pytest
 
 import fvexp
+from fvexp.app.recorder import Guarded
 from fvexp.errors import FvexpError
 from fvexp.tools import claims, compare, orphans, reproduce
 from fvexp.tracking.store import ORPHANED, process_state, reader
-from fvexp.tracking.writer import MlflowTracker
 from tests.conftest import ROOT
 
 HERE = socket.gethostname()
@@ -129,15 +129,15 @@ def test_a_stopped_run_is_re_run_to_the_step_where_it_stopped() -> None:
 def test_a_killed_run_reproduces_bitwise_up_to_the_step_where_it_stopped(tmp_path: Path, store: str,
                                                                           monkeypatch) -> None:
     monkeypatch.chdir(tmp_path)
-    original = MlflowTracker.log_step
+    original = Guarded.log_step
 
     def interrupted_at_3(self, step: int, value: float) -> None:
         original(self, step, value)
-        if step == 3:
-            raise KeyboardInterrupt  # Ctrl-C during step 3's logging: the render keeps 3 steps
+        if step == 3:  # Ctrl-C lands in the main thread, here while step 3 is handed to the recorder
+            raise KeyboardInterrupt
 
     with monkeypatch.context() as patch:
-        patch.setattr(MlflowTracker, "log_step", interrupted_at_3)
+        patch.setattr(Guarded, "log_step", interrupted_at_3)
         result = fvexp.run("render.steps=8", "render.size=64", "progress=false", f"tracking.uri={store}")
     run = mlflow.MlflowClient(store).get_run(result.run_id)
     assert run.info.status == "KILLED" and run.data.metrics["steps_done"] == 3

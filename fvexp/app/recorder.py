@@ -90,7 +90,10 @@ class Guarded(Recorder):
     def _work(self) -> None:
         while (call := self.calls.get()) is not None:
             method, args = call
-            method(*args)  # each method catches what the store raises
+            try:
+                method(*args)  # each method catches what the store raises as an Exception
+            except BaseException as error:
+                self.failure = self.failure or describe(error)
 
     def _join(self) -> None:
         """Wait until every call so far has reached the store; later calls start a new thread."""
@@ -170,7 +173,7 @@ class Guarded(Recorder):
                   f"not recorded: {lost}; {state}. The run folder holds everything", file=sys.stderr)
 
 
-def describe(error: Exception) -> str:
+def describe(error: BaseException) -> str:
     """An exception as one short line, credentials redacted: the first line of its message."""
     lines = [line.strip() for line in str(error).splitlines() if line.strip()]
     if isinstance(error, FvexpError) and lines:

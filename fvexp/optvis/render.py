@@ -116,8 +116,8 @@ def render(
                 opt.zero_grad(set_to_none=True)
                 (-value).backward()
                 opt.step()
-                readings.add(step, value, image)
-                image = param()
+                image, computed_on = param(), image  # the new image first: a Ctrl-C in `on_step` keeps
+                readings.add(step, value, computed_on)  # as many updates as it has values
                 if on_threshold and step in thresholds:
                     readings.flush()
                     on_threshold(step, image.detach())
