@@ -292,13 +292,14 @@ class Slow(Recorder):
         self.calls.append(f"finish {status}")
 
 
-def test_the_store_is_opened_beside_the_first_steps_and_finish_waits_for_every_call(capsys) -> None:
+def test_the_store_is_opened_after_the_first_step_beside_the_next_and_finish_waits_for_every_call(capsys) -> None:
     from fvexp.app.recorder import Guarded
 
     inner = Slow()
     guarded = Guarded(inner)
     started = time.monotonic()
     guarded.start("run", {}, {}, {})
+    assert guarded.worker is None  # held until the first step's value: MLflow's import does not slow start-up
     for step in (1, 2):
         guarded.log_step(step, 0.5)
     metrics = {"a": 1.0}
@@ -311,6 +312,12 @@ def test_the_store_is_opened_beside_the_first_steps_and_finish_waits_for_every_c
     failing.start("run", {}, {}, {})
     failing.log_step(1, 0.5)
     failing.finish("FINISHED")
+    unstepped = Slow()  # a task without steps (dataset examples) is recorded at its end
+    quiet = Guarded(unstepped)
+    quiet.start("run", {}, {}, {})
+    quiet.log_metrics({"a": 1.0})
+    quiet.finish("FINISHED")
+    assert unstepped.calls == ["start", "metrics ['a']", "finish FINISHED"]
     assert "cannot record this run in the tracking store: ConnectionError: no store here" in capsys.readouterr().err
     with pytest.raises(FvexpError, match=r"tracking\.on_error=fail"):  # fail: opened before any work, here
         Guarded(Slow(fail=True), on_error="fail").start("run", {}, {}, {})

@@ -57,10 +57,12 @@ class Guarded(Recorder):
     render does not wait on it step after step; at the end the run is still ended there if the
     store is back, and one line says what could not be recorded. The run folder has it all.
 
-    With `warn` the inner recorder is called from a thread of its own, in order: importing MLflow
-    and creating the run (seconds) happen beside the first steps instead of before them, and no
-    step waits on a write. `finish` waits for everything to be written. With `fail` the start is
-    made before any work, so that a store that cannot be used stops the job at once.
+    With `warn` the inner recorder is called from a thread of its own, in order, which begins once
+    the first step's value arrives (or at `finish`): importing MLflow and creating the run take
+    seconds of mostly Python work, which would slow the model's building and the first step if
+    they ran beside them, so they run beside the later steps instead, and no step waits on a
+    write. `finish` waits for everything to be written. With `fail` the start is made before any
+    work, so that a store that cannot be used stops the job at once.
     """
 
     def __init__(self, inner: Recorder, on_error: str = "warn", where: str = "",
@@ -72,20 +74,21 @@ class Guarded(Recorder):
         self.background = on_error != "fail" if background is None else background
         self.calls: queue.SimpleQueue[tuple[Callable[..., None], tuple[Any, ...]] | None] = queue.SimpleQueue()
         self.worker: threading.Thread | None = None
+        self.held = True  # calls wait in `calls` until the first step's value (see the class's docstring)
 
     @property
     def run_id(self) -> str | None:  # type: ignore[override]
         return self.inner.run_id if self.inner else None
 
     def _submit(self, method: Callable[..., None], *args: Any) -> None:
-        """Call `method` on the recorder's thread (started on first use), or here without `background`."""
+        """Call `method` on the recorder's thread (once released), or here without `background`."""
         if not self.background:
             method(*args)
             return
-        if self.worker is None:
+        self.calls.put((method, args))
+        if self.worker is None and not self.held:
             self.worker = threading.Thread(target=self._work, name="fvexp-recorder", daemon=True)
             self.worker.start()
-        self.calls.put((method, args))
 
     def _work(self) -> None:
         while (call := self.calls.get()) is not None:
@@ -97,6 +100,9 @@ class Guarded(Recorder):
 
     def _join(self) -> None:
         """Wait until every call so far has reached the store; later calls start a new thread."""
+        self.held = False
+        if self.worker is None:
+            self._submit(lambda: None)  # starts the thread for the calls held so far
         if self.worker is not None:
             self.calls.put(None)
             self.worker.join()
@@ -137,6 +143,7 @@ class Guarded(Recorder):
             self.missed[kind] = self.missed.get(kind, 0) + 1
 
     def log_step(self, step: int, value: float) -> None:
+        self.held = False
         self._call("objective values", "log_step", step, value)
 
     def log_image(self, image: Image.Image, step: int) -> None:
