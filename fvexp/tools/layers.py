@@ -53,7 +53,10 @@ def table(model: FeatureModel, size: int) -> list[tuple[str, str, str, str, str]
         fits = readers(shape) if shape else []
         channels = str(shape[1]) if "channel" in fits or "class_logit" in fits else ""
         described = "×".join(map(str, shape[1:])) if shape else f"runs {len(shapes)} times"
-        rows.append((name, type(module).__name__, described, channels, ", ".join(fits) or "-"))
+        readable = ", ".join(fits) or "-"
+        if name in model.folded:  # its batch norm was folded into it: the values are read under the norm's name
+            readable = f"- (its batch norm is folded in: read {model.folded[name]})"
+        rows.append((name, type(module).__name__, described, channels, readable))
     return rows
 
 
