@@ -88,7 +88,7 @@ class AtlasConfig(TaskConfig):
     per_batch: int = 16  # cells optimized together, one image each, in one optimization
     cossim_pow: float = 1.0  # each cell's direction objective: dot · max(0.1, cos)^cossim_pow (Lucid's form)
     class_filter: str | None = None  # a class (name or index): keep only positions of images predicted as it
-    opacity: bool = True  # fade sparse cells of atlas.png into white by their count
+    opacity: bool = False  # fade sparse cells of atlas.png into white by their count (task.opacity=true)
     examples: int = 6  # crops of the cell's images shown under each cell on the page
     dir: str | None = None  # where the sample, layout and finished cells are kept; None: outputs/atlas/<layer>-<hash>
 

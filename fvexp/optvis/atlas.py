@@ -228,7 +228,7 @@ def excitation(model: FeatureModel, layer: str, images: Tensor, directions: Tens
 
 
 def sheet(tiles: dict[tuple[int, int], Image.Image], counts: dict[tuple[int, int], int], grid: int,
-          side: int = 96, opacity: bool = True) -> Image.Image:
+          side: int, opacity: bool) -> Image.Image:
     """The atlas picture: each cell's visualization at its place in the grid, empty cells white.
 
     With `opacity`, a cell fades into the white in proportion to how few vectors it holds (the
