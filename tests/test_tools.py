@@ -343,3 +343,13 @@ def test_a_job_killed_outright_is_found_marked_and_not_reproduced(tmp_path: Path
         f"fvexp.reproduce: error: run {run.info.run_id} cannot be reproduced: its record lacks the artifact(s) "
         "image.png (status KILLED: the process ended without closing the run (killed?); a run that stopped early "
         "keeps no image)")
+
+
+def test_each_claim_is_checked_beside_the_natural_photos_row() -> None:
+    photos = {"high_frequency_energy": 0.055, "spectral_slope": -2.27}
+    holds, numbers = claims.claim_diversity({"0": {"gram_cosine": 0.99}, "10": {"gram_cosine": 0.10},
+                                             claims.NATURAL: photos})
+    assert holds and numbers == "mean Gram cosine 0.100 with the diversity term vs 0.990 without"
+    holds, numbers = claims.claim_enemy({"naive": {"high_frequency_energy": 0.6},
+                                         "full": {"high_frequency_energy": 0.2}, claims.NATURAL: photos})
+    assert holds and numbers.endswith("natural photos 0.055 with slope -2.27)")

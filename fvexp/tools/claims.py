@@ -71,7 +71,7 @@ def claim_preconditioning(t: Table) -> tuple[bool, str]:
 
 
 def claim_diversity(t: Table) -> tuple[bool, str]:
-    without, with_ = (t[arm]["gram_cosine"] for arm in sorted(t, key=float))
+    without, with_ = (t[arm]["gram_cosine"] for arm in sorted((arm for arm in t if arm != NATURAL), key=float))
     return with_ < without, f"mean Gram cosine {with_:.3f} with the diversity term vs {without:.3f} without"
 
 
