@@ -16,6 +16,7 @@ from torch import nn
 
 from fvexp.errors import FvexpError
 from fvexp.optvis.models import custom, efficientnet_lite, torchvision_model
+from fvexp.optvis.sanity import path_layers
 from tests.conftest import ROOT, fvexp
 
 
@@ -139,3 +140,6 @@ def test_folded_batch_norms_compute_the_same_network_and_their_convolutions_are_
         "what '_blocks.3._bn2' did; read '_blocks.3._bn2' for those values, or set model.fold_batch_norm=false to "
         "read the convolution alone")
     assert plain.layer("_blocks.3._project_conv") is not None
+    # the layers on the way to a class read the batch norm in place of its folded convolution (sanity, paths)
+    assert path_layers(model, "logits") == ["_bn0", "_conv_head", "_bn1", "_avg_pooling", "_dropout", "_fc"]
+    assert path_layers(plain, "_fc")[:2] == ["_conv_stem", "_bn0"]

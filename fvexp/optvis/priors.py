@@ -23,20 +23,23 @@ from torch import Tensor, nn
 from fvexp.errors import FvexpError
 
 FORMAT = "fvexp-prior"
-VERSION = 1
+VERSION = 2
 TRAIN_HINT = "train one with `fvexp task=train_prior data.dir=FOLDER` (it prints the file's path last)"
 
 
 class Autoencoder(nn.Module):
     """Encoder of `depth` stride-2 convolutions to `latent` channels in [−1, 1], and its mirror decoder.
 
-    The decoder upsamples by nearest neighbour before each convolution instead of transposed
-    convolutions, which would print a checkerboard on every generated image.
+    The decoder upsamples bilinearly before each convolution: transposed convolutions print a
+    checkerboard on every generated image, and nearest-neighbour upsampling prints the latent grid
+    (blocks of `stride` pixels) on images optimized in the latent space, whose codes leave the
+    range the decoder was trained on. Files of version 1 were drawn with "nearest" and load so.
     """
 
-    def __init__(self, channels: int = 3, width: int = 32, latent: int = 8, depth: int = 2) -> None:
+    def __init__(self, channels: int = 3, width: int = 32, latent: int = 8, depth: int = 2,
+                 upsample: str = "bilinear") -> None:
         super().__init__()
-        self.settings = {"channels": channels, "width": width, "latent": latent, "depth": depth}
+        self.settings = {"channels": channels, "width": width, "latent": latent, "depth": depth, "upsample": upsample}
         self.size: int | None = None  # the image side it was trained for, once saved or loaded
 
         def conv(cin: int, cout: int, stride: int = 1) -> nn.Conv2d:
@@ -50,7 +53,7 @@ class Autoencoder(nn.Module):
                                      nn.Tanh())
         up: list[nn.Module] = [conv(latent, widths[-1]), nn.ReLU(), conv(widths[-1], widths[-1]), nn.ReLU()]
         for i in reversed(range(depth)):
-            up += [nn.Upsample(scale_factor=2.0, mode="nearest"), conv(widths[i + 1], widths[i]), nn.ReLU()]
+            up += [nn.Upsample(scale_factor=2.0, mode=upsample), conv(widths[i + 1], widths[i]), nn.ReLU()]
         self.decoder = nn.Sequential(*up, conv(widths[0], channels))
 
     @property
@@ -130,7 +133,7 @@ def load(path: str | Path, key: str, channels: int | None = None, size: int | No
         stored = torch.load(path, map_location="cpu", weights_only=True)
         if not isinstance(stored, dict) or stored.get("format") != FORMAT:
             raise ValueError("it holds no fvexp prior")
-        net = Autoencoder(**stored["settings"])
+        net = Autoencoder(**{"upsample": "nearest", **stored["settings"]})  # version 1 had no choice
         net.load_state_dict(stored["state"])
         trained_size = int(stored["size"])
     except Exception as error:  # any unpickling, key or shape error means the file is not a usable prior

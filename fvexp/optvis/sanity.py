@@ -34,7 +34,14 @@ SAMPLE = 8  # random images drawn as the floor
 
 @torch.no_grad()
 def path_layers(model: FeatureModel, layer: str) -> list[str]:
-    """The layers at the depth of `layer` (its siblings, e.g. `_blocks.0` … `_blocks.8`) that run before it."""
+    """The layers at the depth of `layer` (its siblings, e.g. `_blocks.0` … `_blocks.8`) that run before it.
+
+    Convolutions with a batch norm folded into them are left out: their batch norm, which now
+    passes their output on unchanged, stands for them (and reading them is refused). `logits`
+    stands for the model's logits layer, by its name.
+    """
+    target = model.layer(layer)
+    layer = next(name for name, module in model.net.named_modules() if module is target)
     depth = layer.count(".")
     order: list[str] = []
 
@@ -45,7 +52,8 @@ def path_layers(model: FeatureModel, layer: str) -> list[str]:
 
         return record
 
-    handles = [m.register_forward_hook(hook(n)) for n, m in model.net.named_modules() if n and n.count(".") == depth]
+    handles = [m.register_forward_hook(hook(n)) for n, m in model.net.named_modules()
+               if n and n.count(".") == depth and n not in model.folded]
     try:
         model(torch.zeros(1, 3, model.min_size * 2, model.min_size * 2, device=model.device))
     finally:
