@@ -321,3 +321,31 @@ def test_the_store_is_opened_after_the_first_step_beside_the_next_and_finish_wai
     assert "cannot record this run in the tracking store: ConnectionError: no store here" in capsys.readouterr().err
     with pytest.raises(FvexpError, match=r"tracking\.on_error=fail"):  # fail: opened before any work, here
         Guarded(Slow(fail=True), on_error="fail").start("run", {}, {}, {})
+
+
+def test_the_run_is_described_on_the_recorders_thread_and_not_at_all_without_tracking() -> None:
+    from fvexp.app.recorder import Guarded, Recorder
+
+    threads: list[str] = []
+
+    def described() -> dict[str, str]:  # git calls and a pip freeze in a real run
+        threads.append(threading.current_thread().name)
+        return {"git.commit": "abc"}
+
+    received: list[Mapping[str, str]] = []
+
+    class Keeping(Recorder):
+        def start(self, name, params, tags, files) -> None:
+            received.extend([tags, files])
+
+    tracked = Guarded(Keeping())
+    tracked.start("run", {}, described, described)
+    assert threads == []  # not before the first step
+    tracked.log_step(1, 0.5)
+    tracked.finish("FINISHED")
+    assert threads == ["fvexp-recorder"] * 2 and received == [{"git.commit": "abc"}] * 2
+    untracked = Guarded(Recorder())  # tracking=none: nothing to describe the run to
+    untracked.start("run", {}, described, described)
+    untracked.log_step(1, 0.5)
+    untracked.finish("FINISHED")
+    assert threads == ["fvexp-recorder"] * 2

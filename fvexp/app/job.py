@@ -66,10 +66,10 @@ def execute(cfg: DictConfig, job: Job) -> Result:
     built: Recorder = build(cfg.tracking)
     tracker = Guarded(built, getattr(built, "on_error", "warn"), redact(str(getattr(built, "uri", ""))))
     process = {"fvexp.host": socket.gethostname(), "fvexp.pid": str(os.getpid())}  # to find runs whose process died
-    try:
+    try:  # tags and files are functions: git and a pip freeze run on the recorder's thread, if it records
         tracker.start(job.name, {key: redact(str(value)) for key, value in flatten(settings)},
-                      {**describe(device), **job.tags, **process, "overrides": redact(" ".join(job.overrides))},
-                      {name: redact(text) for name, text in {
+                      lambda: {**describe(device), **job.tags, **process, "overrides": redact(" ".join(job.overrides))},
+                      lambda: {name: redact(text) for name, text in {
                           "config.yaml": OmegaConf.to_yaml(cfg, resolve=True),  # in order: transforms run in it
                           "overrides.yaml": OmegaConf.to_yaml(OmegaConf.create(job.overrides)),
                           **environment_files()}.items()})

@@ -48,6 +48,9 @@ class Recorder:
         """End the run as FINISHED, FAILED or KILLED, keeping everything logged so far."""
 
 
+Described = Mapping[str, str] | Callable[[], Mapping[str, str]]
+
+
 class Guarded(Recorder):
     """A recorder whose failures never cost the run: tracking is a recorder, not a reason to stop.
 
@@ -108,16 +111,21 @@ class Guarded(Recorder):
             self.worker.join()
             self.worker = None
 
-    def start(self, name: str | None, params: Mapping[str, Any], tags: Mapping[str, str],
-              files: Mapping[str, str]) -> None:
-        self._submit(self._start, name, dict(params), dict(tags), dict(files))
+    def start(self, name: str | None, params: Mapping[str, Any], tags: Described,  # type: ignore[override]
+              files: Described) -> None:
+        """As `Recorder.start`, but `tags` and `files` may be functions that describe the run.
 
-    def _start(self, name: str | None, params: Mapping[str, Any], tags: Mapping[str, str],
-               files: Mapping[str, str]) -> None:
-        if self.inner is None:
+        They are called where the run is started (on the recorder's thread with `warn`), and not
+        at all for the base recorder, which records nothing: describing the environment (git
+        calls, a pip freeze) then never delays the first step.
+        """
+        self._submit(self._start, name, dict(params), tags, files)
+
+    def _start(self, name: str | None, params: Mapping[str, Any], tags: Described, files: Described) -> None:
+        if self.inner is None or type(self.inner) is Recorder:
             return
         try:
-            self.inner.start(name, params, tags, files)
+            self.inner.start(name, params, *(dict(d() if callable(d) else d) for d in (tags, files)))
         except Exception as error:
             reason = f"cannot record this run in {self.where or 'the tracking store'}: {describe(error)}"
             if self.on_error == "fail":
