@@ -47,7 +47,7 @@ from fvexp.optvis.data import batches, scan
 from fvexp.optvis.images import contact_sheet, to_pil
 from fvexp.optvis.interpretability import Judge, Measures, interpretability
 from fvexp.optvis.metrics import high_frequency_energy, spectral_slope
-from fvexp.optvis.models import FeatureModel, efficientnet_lite
+from fvexp.optvis.models import LOGITS, FeatureModel, efficientnet_lite
 from fvexp.optvis.objectives import Objective, Unit, channel, class_logit
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -131,12 +131,13 @@ def run_lucent(model: FeatureModel, unit: Unit, steps: int, size: int, seed: int
         from lucent.optvis import param, render, transform
     torch.manual_seed(seed)
     np.random.seed(seed)  # Lucent's transforms draw from numpy's global generator
+    layer = model.logits_layer if unit.layer == LOGITS else unit.layer  # Lucent names the module itself
     before = {module: set(module._forward_hooks) for module in model.modules()}
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             images = render.render_vis(
-                model, f"net_{unit.layer.replace('.', '_')}:{unit.channel}",
+                model, f"net_{layer.replace('.', '_')}:{unit.channel}",
                 param_f=lambda: param.image(size, fft=True, decorrelate=True),
                 optimizer=lambda params: torch.optim.Adam(params, lr=0.05),
                 transforms=transform.standard_transforms, thresholds=(steps,), preprocess=False,
@@ -206,9 +207,13 @@ def table(rows: dict[str, Row | None], photos: tuple[float, float]) -> list[str]
             statistics.mean(row.slope)
         scores = [s for s in row.interpretability if s is not None]
         shown = f"{statistics.mean(scores):.3f}" if scores else "not measured"
-        reached = energy <= 2 * photos[0] and abs(slope - photos[1]) <= 0.3 and activation >= 3
+        misses = [miss for miss, ok in ((f"activation {activation:.2f} < 3", activation >= 3),
+                                        (f"energy {energy / photos[0]:.1f}× the photos'", energy <= 2 * photos[0]),
+                                        (f"slope {slope - photos[1]:+.2f} from theirs", abs(slope - photos[1]) <= 0.3))
+                  if not ok]
+        goal = "no: " + ", ".join(misses) if misses else "yes"
         lines.append(f"| {name} | {activation:.2f} | {energy:.4f} | {slope:.2f} | "
-                     f"{statistics.mean(row.sanity):.3f} | {shown} | {'yes' if reached else 'no'} |")
+                     f"{statistics.mean(row.sanity):.3f} | {shown} | {goal} |")
     return lines
 
 

@@ -21,9 +21,12 @@ from typing import Any
 
 _API = {"visualize": "fvexp.app.api", "run": "fvexp.app.api", "atlas": "fvexp.app.api", "Result": "fvexp.app.result"}
 _LIBRARY = "fvexp.optvis"
+_PACKAGES = ("app", "optvis", "tracking", "tools")
 
 
 def __getattr__(name: str) -> Any:
+    if name in _PACKAGES:  # `fvexp.tracking.sweeps.X` as Hydra locates a target: no torch for that
+        return importlib.import_module(f"fvexp.{name}")
     if name in _API:
         return getattr(importlib.import_module(_API[name]), name)
     library = importlib.import_module(_LIBRARY)

@@ -34,7 +34,9 @@ def channel_mean(model: FeatureModel, images: torch.Tensor, layer: str, unit: in
 
 
 def test_visualize_excites_the_unit_of_a_model_in_memory_and_gives_the_model_back(net, photos) -> None:
+    lent = [(p.data_ptr(), p.stride()) for p in net.parameters()]
     result = fvexp.visualize(net, "_blocks.8:5", **LITE, steps=32, size=112, progress=False)
+    assert [(p.data_ptr(), p.stride()) for p in net.parameters()] == lent  # its own weights (channels-last inside)
     assert result.image.shape == (1, 3, 112, 112) and len(result.values) == 32 and result.status == "FINISHED"
     assert result.path is None and result.run_id is None  # nothing kept on disk, nothing tracked: not asked for
     assert {"objective_untransformed", "high_frequency_energy", "spectral_slope"} <= result.metrics.keys()

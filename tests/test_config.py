@@ -172,3 +172,26 @@ def test_launchers_are_config_options(tmp_path: Path, launcher: str, target: str
                  "--cfg", "hydra", "--package", "hydra.launcher", cwd=tmp_path)
     assert done.returncode == 0, done.stderr
     assert target in done.stdout
+
+
+def test_hydra_composes_once_unless_an_override_can_set_the_run_mode() -> None:
+    from hydra._internal.hydra import Hydra
+    from hydra.types import RunMode
+
+    from fvexp.app.cli import compose_once
+
+    compose_once()
+    compose_once()  # idempotent: a second call does not wrap it twice
+    composed: list[list[str]] = []
+
+    class Composing:  # stands for Hydra: what its first composition would find
+        def compose_config(self, config_name: str, overrides: list[str], **kwargs: object) -> object:
+            composed.append(overrides)
+            return OmegaConf.create({"hydra": {"mode": RunMode.MULTIRUN if "experiment=priors" in overrides else None}})
+
+    hydra = Composing()
+    assert Hydra.get_mode(hydra, "config", ["objective.channel=7", "param=pixel"]) is None and composed == []
+    assert Hydra.get_mode(hydra, "config", ["experiment=priors"]) == RunMode.MULTIRUN  # a preset sets the mode
+    assert Hydra.get_mode(hydra, "config", ["+hydra.mode=MULTIRUN"]) is None  # composed, and found unset here
+    assert Hydra.get_mode(hydra, "my_config", []) is None  # another primary config may set it
+    assert composed == [["experiment=priors"], ["+hydra.mode=MULTIRUN"], []]

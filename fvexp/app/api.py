@@ -192,12 +192,19 @@ def _normalization(model: nn.Module, mean: Sequence[float] | None,
 
 @contextlib.contextmanager
 def _borrowed(model: nn.Module) -> Iterator[None]:
-    """Give `model` back as it was lent: gradients on its weights, train/eval mode of every module."""
+    """Give `model` back as it was lent: gradients on its weights, train/eval mode of every module,
+    and the very tensors of its weights (a run may lay them out channels-last for speed)."""
     flags = [(p, p.requires_grad) for p in model.parameters()]
     modes = [(m, m.training) for m in model.modules()]
+    weights = [(p, p.data) for p in model.parameters()]
+    buffers = [(m, dict(m._buffers)) for m in model.modules()]  # `Module.to` swaps buffers, not their data
     try:
         yield
     finally:
+        for parameter, data in weights:
+            parameter.data = data
+        for module, kept in buffers:
+            module._buffers.update(kept)
         for parameter, flag in flags:
             parameter.requires_grad_(flag)
         for module, mode in modes:

@@ -47,7 +47,8 @@ def build_model(cfg: DictConfig, device: torch.device) -> FeatureModel:
 def configure(model: FeatureModel, cfg: DictConfig, device: torch.device) -> FeatureModel:
     model = model.to(device)
     model.autocast = PRECISIONS[cfg.precision]
-    return model.to(memory_format=torch.channels_last) if cfg.channels_last else model
+    channels_last = device.type == "cpu" if cfg.channels_last is None else cfg.channels_last
+    return model.to(memory_format=torch.channels_last) if channels_last else model
 
 
 def build_objective(cfg: DictConfig, main: Objective) -> Objective:
