@@ -55,7 +55,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from fvexp.app.build import check_fits, resolve_device
+from fvexp.app.build import channels_last, check_fits, resolve_device
 from fvexp.optvis import objectives
 from fvexp.optvis.metrics import quality
 from fvexp.optvis.models import FeatureModel, efficientnet_lite
@@ -193,6 +193,9 @@ def main() -> None:
     parser.add_argument("--layer", default="_blocks.8", help="the objective's layer (_fc: a class logit)")
     parser.add_argument("--channel", type=int, default=5, help="its channel (or class index)")
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
+    parser.add_argument("--contiguous", action="store_true",
+                        help="keep the network in the default (NCHW) layout; by default it is channels-last on the CPU "
+                             "as in a default run")
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda (Lucent uses cuda:0 whenever there is one)")
     parser.add_argument("--marginal", type=int, nargs=2, metavar=("SHORT", "LONG"),
                         help="time whole processes of SHORT and LONG steps: the marginal cost of a step")
@@ -204,6 +207,8 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     device = resolve_device(args.device)
     models = {"fvexp": efficientnet_lite().to(device)}
+    if channels_last(False if args.contiguous else None, device):  # as a default run lays it out; Lucent's copy too
+        models["fvexp"] = models["fvexp"].to(memory_format=torch.channels_last)
     models["lucent"] = copy.deepcopy(models["fvexp"])  # the same weights; Lucent's hooks stay off fvexp's copy
     layer, channel = args.layer, args.channel
     logits = layer == models["fvexp"].logits_layer  # fvexp's channel objective needs a feature map
@@ -269,7 +274,7 @@ def marginal(args: argparse.Namespace) -> None:
     """Whole processes of SHORT and LONG steps per library, interleaved; the marginal ms per step."""
     short, long = args.marginal
     common = ["--layer", args.layer, "--channel", str(args.channel), "--threads", str(args.threads),
-              "--device", args.device]
+              "--device", args.device, *(["--contiguous"] if args.contiguous else [])]
     seconds: dict[tuple[str, int], list[float]] = {(name, n): [] for name in SIDES for n in (short, long)}
     for r in range(args.rounds):
         for name, n in list(seconds) if r % 2 == 0 else list(seconds)[::-1]:

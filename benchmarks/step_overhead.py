@@ -20,7 +20,7 @@ import time
 import torch
 from resampling_quality import preset
 
-from fvexp.app.build import resolve_device
+from fvexp.app.build import channels_last, resolve_device
 from fvexp.optvis import objectives
 from fvexp.optvis.models import efficientnet_lite
 from fvexp.optvis.params import Fourier
@@ -88,6 +88,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--steps", type=int, default=30, help="steps per round and side")
     parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--contiguous", action="store_true",
+                        help="keep the network in the default (NCHW) layout; by default it is channels-last on the CPU "
+                             "as in a default run")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     args = parser.parse_args()
@@ -95,6 +98,8 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     device = resolve_device(args.device)
     model = efficientnet_lite().to(device)
+    if channels_last(False if args.contiguous else None, device):  # as a default run lays it out
+        model = model.to(memory_format=torch.channels_last)
     arms = {"standard, one resampling": lambda: standard(), "standard, two (before)": lambda: standard(fuse=False),
             "distill, one resampling": lambda: preset("distill", True)}
     recipe: dict[str, list[float]] = {name: [] for name in arms}

@@ -47,8 +47,12 @@ def build_model(cfg: DictConfig, device: torch.device) -> FeatureModel:
 def configure(model: FeatureModel, cfg: DictConfig, device: torch.device) -> FeatureModel:
     model = model.to(device)
     model.autocast = PRECISIONS[cfg.precision]
-    channels_last = device.type == "cpu" if cfg.channels_last is None else cfg.channels_last
-    return model.to(memory_format=torch.channels_last) if channels_last else model
+    return model.to(memory_format=torch.channels_last) if channels_last(cfg.channels_last, device) else model
+
+
+def channels_last(setting: bool | None, device: torch.device) -> bool:
+    """The `channels_last` setting on `device`: None (the default) lays the network out NHWC on the CPU only."""
+    return device.type == "cpu" if setting is None else setting
 
 
 def build_objective(cfg: DictConfig, main: Objective) -> Objective:
