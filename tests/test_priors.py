@@ -11,17 +11,19 @@ import pytest
 import torch
 
 import fvexp
-from fvexp.app.priors import start_from_image
+from fvexp.app.build import check_fits
+from fvexp.app.priors import spatial_path, start_from_image
 from fvexp.app.schema import validate
 from fvexp.errors import FvexpError
 from fvexp.optvis import priors, regularizers
 from fvexp.optvis.data import open_image, scan
 from fvexp.optvis.metrics import high_frequency_energy
+from fvexp.optvis.models import LOGITS
 from fvexp.optvis.objectives import channel
 from fvexp.optvis.optimizers import adam
 from fvexp.optvis.params import Pixel, PriorLatent, fit
 from fvexp.optvis.render import render
-from fvexp.optvis.transforms import Compose
+from fvexp.optvis.transforms import Compose, standard
 from tests.conftest import fvexp as fvexp_cli
 from tests.conftest import make
 
@@ -163,3 +165,11 @@ def test_fit_starts_a_prior_latent_from_a_photo(folder_images: torch.Tensor, tmp
     path = tiny_prior(folder_images, tmp_path / "prior.pt", steps=3)
     param = PriorLatent(1, SIZE, path=str(path))
     assert fit(param, folder_images[:1], steps=5) > 5.0  # dB: the fit moved the code towards the photo
+
+
+def test_the_path_of_a_class_is_the_maps_before_the_pooling(model) -> None:
+    # feature accentuation towards a class keeps these near the photo's; the pooled vector and the
+    # logits are what the objective moves
+    assert spatial_path(model, LOGITS) == ["_bn0", "_conv_head", "_bn1"]
+    assert spatial_path(model, "_blocks.2") == ["_blocks.0", "_blocks.1", "_blocks.2"]
+    check_fits(model, channel("_avg_pooling", 3), standard(), 224)  # a global pooling needs no 256 px image

@@ -109,8 +109,8 @@ def check_fits(model: FeatureModel, objective: Objective, transforms: Compose, s
     """
     layers = objective.network_layers
     at_probe = model.probe(layers, PROBE_SIZE)
-    needs = {layer: PROBE_SIZE // shape[-1] if len(shape) == 4 else model.min_size
-             for layer, shape in at_probe.items()}
+    needs = {layer: PROBE_SIZE // shape[-1] if len(shape) == 4 and shape[-1] > 1 else model.min_size
+             for layer, shape in at_probe.items()}  # one position at the probe's size: a global pooling
     layer, need = max(needs.items(), key=lambda item: item[1], default=("", 1))
     seen = transforms.min_output(size)
     if size < need or seen < need:

@@ -110,13 +110,17 @@ def with_data_terms(cfg: DictConfig, model: FeatureModel, main: Objective) -> Di
     if path.weight:
         unit = examples.unit_of(main, "regularizers.path")
         OmegaConf.update(cfg, "regularizers.path", {"image": path.image or cfg.param.image,
-                                                     "layers": list(path.layers) or path_layers(model, unit.layer),
+                                                     "layers": list(path.layers) or spatial_path(model, unit.layer),
                                                      "size": cfg.render.size})
     return cfg
 
 
 def spatial_path(model: FeatureModel, layer: str) -> list[str]:
-    """The layers on the way to `layer` (sanity's path) whose output is a map of more than one position."""
+    """The layers on the way to `layer` (sanity's path) whose output is a map of more than one position.
+
+    What an image looks like to the network: for a class, the maps before the pooling, not the
+    pooled vector or the logits, which the objective itself moves.
+    """
     names = path_layers(model, layer)
     shapes = model.probe(names, model.min_size * 4)
     return [name for name in names if len(shapes[name]) == 4 and shapes[name][-1] * shapes[name][-2] > 1]
