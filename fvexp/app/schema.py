@@ -126,7 +126,7 @@ class Config:
     threads: int | None = None  # torch CPU threads; None: torch's default (set 1 for parallel joblib jobs)
     precision: Precision = Precision.fp32  # bf16 | fp16: mixed precision (autocast) of the network's forward
     # NHWC memory layout; None: on the CPU, where oneDNN's convolutions run EfficientNet-Lite0's forward and
-    # backward 1.13-1.32x faster in it (docs/performance.md), not on GPUs, where it is not measured
+    # backward 1.18-1.30x faster in it (docs/performance.md), not on GPUs, where it is not measured
     channels_last: bool | None = None
     progress: bool = True
     render: RenderConfig = field(default_factory=RenderConfig)
