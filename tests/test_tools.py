@@ -299,11 +299,15 @@ def test_compare_mentions_runs_whose_process_is_gone(tmp_path: Path, store: str,
     assert (tmp_path / "out" / "runs.csv").read_text().count("RUNNING") == 3
 
 
-def runs_in(store: str) -> int:
-    """How many runs a SQLite store holds, read without creating it or racing the job that does."""
+def metrics_in(store: str) -> int:
+    """How many metric values a SQLite store holds, read without creating it or racing the job that does.
+
+    The recorder writes in order, so once a step's value is there the run's start (its params,
+    config.yaml and environment files) is recorded in full.
+    """
     try:
         with contextlib.closing(sqlite3.connect(f"file:{store.removeprefix('sqlite:///')}?mode=ro", uri=True)) as db:
-            return db.execute("SELECT COUNT(*) FROM runs").fetchone()[0]
+            return db.execute("SELECT COUNT(*) FROM metrics").fetchone()[0]
     except sqlite3.OperationalError:  # no file or no table yet
         return 0
 
@@ -314,7 +318,7 @@ def test_a_job_killed_outright_is_found_marked_and_not_reproduced(tmp_path: Path
     job = subprocess.Popen([sys.executable, "-m", "fvexp", "render.steps=5000", "render.size=64", "progress=false"],
                            cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 300
-    while not (list(tmp_path.glob("outputs/runs/*/*/steps/step_00016.png")) and runs_in(store)):  # stepping, open
+    while not (list(tmp_path.glob("outputs/runs/*/*/steps/step_00016.png")) and metrics_in(store)):  # recorded
         assert job.poll() is None and time.time() < deadline
         time.sleep(0.2)
     job.send_signal(signal.SIGKILL)
