@@ -178,7 +178,8 @@ def compose_once(config_name: str = "config") -> None:
     to MULTIRUN), then again to run: about 0.45 s each on two cores, a seventh of the time to the
     first step. Only an `experiment`, a `hydra` override or another primary config can set the
     mode, so without them the first composition could only find it unset; it is skipped, and the
-    mode comes from `-m`, as Hydra's own code does for an unset mode.
+    mode comes from `-m`, as Hydra's own code does for an unset mode. `Hydra.get_mode` is private;
+    hydra-core is pinned (pyproject.toml), and tests/test_config.py checks the wrapper.
     """
     if getattr(Hydra.get_mode, "composes_once", False):
         return
