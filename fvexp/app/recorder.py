@@ -119,7 +119,7 @@ class Guarded(Recorder):
         at all for the base recorder, which records nothing: describing the environment (git
         calls, a pip freeze) then never delays the first step.
         """
-        self._submit(self._start, name, dict(params), tags, files)
+        self._submit(self._start, name, dict(params), *(d if callable(d) else dict(d) for d in (tags, files)))
 
     def _start(self, name: str | None, params: Mapping[str, Any], tags: Described, files: Described) -> None:
         if self.inner is None or type(self.inner) is Recorder:
