@@ -55,7 +55,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from fvexp.app.build import channels_last, check_fits, resolve_device
+from fvexp.app.build import check_fits, lay_out, resolve_device
 from fvexp.optvis import objectives
 from fvexp.optvis.metrics import quality
 from fvexp.optvis.models import FeatureModel, efficientnet_lite
@@ -206,10 +206,8 @@ def main() -> None:
         return
     torch.set_num_threads(args.threads)
     device = resolve_device(args.device)
-    models = {"fvexp": efficientnet_lite().to(device)}
-    if channels_last(False if args.contiguous else None, device):  # as a default run lays it out; Lucent's copy too
-        models["fvexp"] = models["fvexp"].to(memory_format=torch.channels_last)
-    models["lucent"] = copy.deepcopy(models["fvexp"])  # the same weights; Lucent's hooks stay off fvexp's copy
+    models = {"fvexp": lay_out(efficientnet_lite().to(device), False if args.contiguous else None, device)}
+    models["lucent"] = copy.deepcopy(models["fvexp"])  # same weights and layout; Lucent's hooks stay off fvexp's copy
     layer, channel = args.layer, args.channel
     logits = layer == models["fvexp"].logits_layer  # fvexp's channel objective needs a feature map
     objective = objectives.class_logit(channel, layer) if logits else objectives.channel(layer, channel)

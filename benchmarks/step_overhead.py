@@ -20,7 +20,7 @@ import time
 import torch
 from resampling_quality import preset
 
-from fvexp.app.build import channels_last, resolve_device
+from fvexp.app.build import lay_out, resolve_device
 from fvexp.optvis import objectives
 from fvexp.optvis.models import efficientnet_lite
 from fvexp.optvis.params import Fourier
@@ -97,9 +97,7 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     device = resolve_device(args.device)
-    model = efficientnet_lite().to(device)
-    if channels_last(False if args.contiguous else None, device):  # as a default run lays it out
-        model = model.to(memory_format=torch.channels_last)
+    model = lay_out(efficientnet_lite().to(device), False if args.contiguous else None, device)  # as a default run
     arms = {"standard, one resampling": lambda: standard(), "standard, two (before)": lambda: standard(fuse=False),
             "distill, one resampling": lambda: preset("distill", True)}
     recipe: dict[str, list[float]] = {name: [] for name in arms}

@@ -47,12 +47,13 @@ def build_model(cfg: DictConfig, device: torch.device) -> FeatureModel:
 def configure(model: FeatureModel, cfg: DictConfig, device: torch.device) -> FeatureModel:
     model = model.to(device)
     model.autocast = PRECISIONS[cfg.precision]
-    return model.to(memory_format=torch.channels_last) if channels_last(cfg.channels_last, device) else model
+    return lay_out(model, cfg.channels_last, device)
 
 
-def channels_last(setting: bool | None, device: torch.device) -> bool:
-    """The `channels_last` setting on `device`: None (the default) lays the network out NHWC on the CPU only."""
-    return device.type == "cpu" if setting is None else setting
+def lay_out(model: FeatureModel, channels_last: bool | None, device: torch.device) -> FeatureModel:
+    """The model in the memory layout the `channels_last` setting asks for; None (the default): NHWC on the CPU."""
+    nhwc = device.type == "cpu" if channels_last is None else channels_last
+    return model.to(memory_format=torch.channels_last) if nhwc else model
 
 
 def build_objective(cfg: DictConfig, main: Objective) -> Objective:

@@ -183,7 +183,7 @@ def compose_once(config_name: str = "config") -> None:
     """
     if getattr(Hydra.get_mode, "composes_once", False):
         return
-    compose_for_mode = Hydra.get_mode
+    compose_for_mode, primary = Hydra.get_mode, config_name
 
     def get_mode(self: Hydra, config_name: str | None, overrides: list[str]) -> RunMode | None:
         keys = [override.lstrip("+~").split("=")[0] for override in overrides]
@@ -191,7 +191,6 @@ def compose_once(config_name: str = "config") -> None:
             return None
         return compose_for_mode(self, config_name, overrides)
 
-    primary = config_name
     get_mode.composes_once = True  # type: ignore[attr-defined]
     Hydra.get_mode = get_mode  # type: ignore[method-assign]
 
