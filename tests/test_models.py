@@ -15,7 +15,16 @@ from PIL import Image
 from torch import nn
 
 from fvexp.errors import FvexpError
-from fvexp.optvis.models import custom, efficientnet_lite, torchvision_model
+from fvexp.optvis.models import (
+    FeatureModel,
+    SamePaddedConv2d,
+    custom,
+    efficientnet_lite,
+    efficientnet_pairs,
+    fold_batch_norms,
+    published_efficientnet_lite,
+    torchvision_model,
+)
 from fvexp.optvis.sanity import path_layers
 from tests.conftest import ROOT, fvexp
 
@@ -120,6 +129,22 @@ def test_layers_lists_shapes_and_channels(tmp_path: Path) -> None:
     assert lines["_blocks.8"][2:] == ["112×14×14", "112", "channel, neuron, layer, direction"]
     assert lines["_fc"][2:] == ["1000", "1000", "class_logit, class_prob, layer, direction"]
     assert lines["_swish"][-1].split()[-1] == "-"
+
+
+def test_padding_inside_the_convolutions_computes_the_published_network_bit_for_bit() -> None:
+    """Odd sides pad evenly (inside the convolution), even sides unevenly at stride 2 (F.pad): both exact."""
+    net = published_efficientnet_lite("lite0")
+    folded = fold_batch_norms(net, efficientnet_pairs(net))
+    published, ours = FeatureModel(net, (0.498,) * 3, (0.502,) * 3, folded=folded), efficientnet_lite()
+    assert type(published.net._blocks[1]._depthwise_conv).__name__ == "Conv2dDynamicSamePadding"
+    assert all(isinstance(m, SamePaddedConv2d) for m in ours.net.modules() if isinstance(m, nn.Conv2d))
+    for layout in (torch.contiguous_format, torch.channels_last):  # NCHW, and what CPU runs use
+        published, ours = published.to(memory_format=layout), ours.to(memory_format=layout)
+        for side in (223, 224):
+            image = torch.rand(1, 3, side, side, requires_grad=True)
+            mine, theirs = ours(image), published(image)
+            assert mine.equal(theirs)
+            assert torch.autograd.grad(mine[0, 1], image)[0].equal(torch.autograd.grad(theirs[0, 1], image)[0])
 
 
 def test_folded_batch_norms_compute_the_same_network_and_their_convolutions_are_refused(model) -> None:

@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from fvexp.optvis.params import COLOR_CORRELATION, Fourier, Pixel, to_rgb
+from fvexp.optvis.params import COLOR_CORRELATION, Fourier, Pixel, spectrum_scale, to_rgb
 
 
 @pytest.mark.parametrize("make", [Pixel, Fourier, lambda b, s: Fourier(b, s, decorrelate=False),
@@ -31,14 +31,21 @@ def test_initial_images_are_near_grey_like_lucid() -> None:
 
 
 def test_fourier_scale_is_one_over_frequency_times_sqrt_area() -> None:
-    param = Fourier(1, 8)
-    assert param.scale[0, 0].item() == pytest.approx(8 * 8)  # f = 0 is clamped to 1/8: 1/(1/8) * sqrt(64)
+    scale = spectrum_scale(8, 1.0)
+    assert scale[0, 0].item() == pytest.approx(8 * 8)  # f = 0 is clamped to 1/8: 1/(1/8) * sqrt(64)
     fy, fx = 0.25, 0.375  # row 2, column 3 of an 8x8 rfft grid
-    assert param.scale[2, 3].item() == pytest.approx(1 / math.hypot(fy, fx) * 8)
+    assert scale[2, 3].item() == pytest.approx(1 / math.hypot(fy, fx) * 8)
+
+
+def test_fourier_images_are_lucids_bit_for_bit() -> None:
+    """Lucid's fft_image: the inverse FFT of the scaled spectrum, divided by 4 (fvexp divides the scale)."""
+    param = Fourier(2, 16, decorrelate=False)
+    lucid = torch.fft.irfft2(torch.view_as_complex(param.spectrum) * spectrum_scale(16, 1.0), s=(16, 16)) / 4
+    assert param.raw().equal(lucid)
 
 
 def test_decay_power_zero_gives_a_flat_spectrum() -> None:
-    assert torch.allclose(Fourier(1, 16, decay_power=0).scale, torch.full((16, 9), 16.0))
+    assert torch.allclose(spectrum_scale(16, 0), torch.full((16, 9), 16.0))
 
 
 def test_colour_decorrelation_is_lucids_normalized_matrix() -> None:

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
-from fvexp.optvis.transforms import Compose, Crop, Jitter, Pad, Rotate, Scale, standard
+from fvexp.optvis.transforms import Compose, Crop, Jitter, Pad, Rotate, Scale, _rotated, standard
 from tests.conftest import ROOT
 
 
@@ -86,3 +88,18 @@ def test_scale_then_rotate_is_resampled_once_with_the_same_draws_and_sizes() -> 
     assert Affine([0.5], [0])(image, g).equal(Scale([0.5])(image, g))  # no rotation: exactly Scale
     assert Affine([1.0], [0])(image, g) is image
     assert torch.allclose(Affine([1.0], [90])(image, g), image.rot90(1, dims=(-2, -1)), atol=1e-5)
+
+
+def test_rotation_samples_each_channel_alone_and_gives_affine_grids_numbers_and_gradients() -> None:
+    """Per-channel sampling (for the CPU's threads) must not change a pixel or a gradient of torch's affine_grid."""
+    image = torch.rand(2, 3, 30, 34, requires_grad=True)
+    angle, size = 0.3, [33, 29]
+    cos, sin = math.cos(angle), math.sin(angle)
+    theta = torch.tensor([[cos, -sin, 0.0], [sin, cos, 0.0]]).expand(2, 2, 3)
+    grid = torch.nn.functional.affine_grid(theta, [2, 3, *size], align_corners=False)
+    expected = torch.nn.functional.grid_sample(image, grid, mode="bilinear", align_corners=False)
+    weights = torch.rand_like(expected)
+    rotated = _rotated(image, angle, size)
+    assert rotated.equal(expected)
+    assert torch.autograd.grad((rotated * weights).sum(), image)[0].equal(
+        torch.autograd.grad((expected * weights).sum(), image)[0])

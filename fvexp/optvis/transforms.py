@@ -109,13 +109,17 @@ def _rotated(image: Tensor, angle: float, size: list[int]) -> Tensor:
 
     The sampling grid is F.affine_grid's, bit for bit, but made on the image's device from Python
     numbers: a theta tensor built on the host would be a copy to a GPU, which waits for its queued work.
+    Each colour channel is sampled as an image of its own, which gives the same numbers: the CPU
+    kernel's backward pass, most of fvexp's own cost per step, runs one thread per image, so a
+    batch of one would leave all cores but one idle.
     """
     cos, sin = math.cos(angle), math.sin(angle)
-    h, w = size
+    (n, c, *_), (h, w) = image.shape, size
     xs = torch.linspace(-1, 1, w, device=image.device, dtype=image.dtype) * (w - 1) / w  # pixel centres
     ys = torch.linspace(-1, 1, h, device=image.device, dtype=image.dtype)[:, None] * (h - 1) / h
     grid = torch.stack([(xs * cos + ys * -sin + 0.0), (xs * sin + ys * cos + 0.0)], -1)
-    return F.grid_sample(image, grid.expand(image.shape[0], h, w, 2), mode="bilinear", align_corners=False)
+    channels = image.reshape(n * c, 1, *image.shape[-2:])
+    return F.grid_sample(channels, grid.expand(n * c, h, w, 2), mode="bilinear", align_corners=False).view(n, c, h, w)
 
 
 class Crop:
