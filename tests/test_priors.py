@@ -12,7 +12,8 @@ import torch
 
 import fvexp
 from fvexp.app.build import check_fits
-from fvexp.app.priors import spatial_path, start_from_image
+from fvexp.app.job import start_from
+from fvexp.app.priors import spatial_path
 from fvexp.app.schema import validate
 from fvexp.errors import FvexpError
 from fvexp.optvis import priors, regularizers
@@ -84,9 +85,10 @@ def test_terms_that_need_data_say_what_is_missing(tmp_path: Path, model) -> None
         regularizers.prior()
     text = tmp_path / "notes.png"
     text.write_text("not an image")
-    cfg = SimpleNamespace(param=SimpleNamespace(image=str(text)), render=SimpleNamespace(size=SIZE, batch=1))
+    cfg = SimpleNamespace(param=SimpleNamespace(init="image", image=str(text)),
+                          render=SimpleNamespace(size=SIZE, batch=1))
     with pytest.raises(FvexpError, match=r"param.image: cannot read .*notes.png' as an image"):
-        start_from_image(cfg, model, Pixel(1, SIZE), tmp_path)  # type: ignore[arg-type]
+        start_from(cfg, model, channel("_blocks.6", 3), Pixel(1, SIZE), tmp_path)  # type: ignore[arg-type]
     with pytest.raises(FvexpError, match=r"regularizers.path.image: the image .* does not exist"):
         regularizers.path(str(tmp_path / "missing.jpg"), ["_blocks.2"])
 

@@ -35,7 +35,7 @@ from fvexp.app.build import (
 )
 from fvexp.app.gallery import gallery
 from fvexp.app.measure import Measurer
-from fvexp.app.priors import prior_tags, start_from_image, train_prior, with_data_terms
+from fvexp.app.priors import prior_tags, train_prior, with_data_terms
 from fvexp.app.recorder import Guarded, Recorder
 from fvexp.app.result import Job, Result
 from fvexp.app.schema import thresholds, validate
@@ -45,7 +45,7 @@ from fvexp.optvis import examples, sanity
 from fvexp.optvis.data import open_image
 from fvexp.optvis.environment import describe, sha256
 from fvexp.optvis.environment import files as environment_files
-from fvexp.optvis.images import picture, save
+from fvexp.optvis.images import load, picture, save
 from fvexp.optvis.metrics import quality
 from fvexp.optvis.models import FeatureModel
 from fvexp.optvis.objectives import Objective
@@ -100,11 +100,8 @@ def render_task(cfg: DictConfig, model: FeatureModel, job: Job, tracker: Recorde
     transforms = build(cfg.transforms)
     check_fits(model, objective, transforms, cfg.render.size)
     param = build_param(cfg, model, cfg.render.batch)
-    if cfg.param.init == "dataset_examples":
-        tracker.log_metrics(start_from_examples(cfg, model, main, param, job.out_dir))
-        tracker.log_file(job.out_dir / "init.json")
-    elif cfg.param.init == "image":
-        tracker.log_metrics(start_from_image(cfg, model, param, job.out_dir))
+    if cfg.param.init in ("dataset_examples", "image"):
+        tracker.log_metrics(start_from(cfg, model, main, param, job.out_dir))
         tracker.log_file(job.out_dir / "init.json")
 
     def keep(step: int, images: Tensor) -> None:
@@ -179,19 +176,25 @@ def examples_beside(cfg: DictConfig, model: FeatureModel, main: Objective, out_d
     return paths, metrics
 
 
-def start_from_examples(cfg: DictConfig, model: FeatureModel, main: Objective, param: torch.nn.Module,
-                        out_dir: Path) -> dict[str, float]:
-    """Fit `param` to the top `render.batch` examples (Nguyen et al.'s diverse starts).
+def start_from(cfg: DictConfig, model: FeatureModel, main: Objective, param: torch.nn.Module,
+               out_dir: Path) -> dict[str, float]:
+    """Fit `param` to images before the optimization starts.
 
-    Which files seeded which image, and how closely (PSNR), goes to `init.json`.
+    `param.init=dataset_examples`: each image to one of the unit's top `render.batch` examples (Nguyen
+    et al.'s diverse starts); `param.init=image`: every image to `param.image` (feature accentuation's
+    start). Which files seeded the images, and how closely (PSNR), goes to `init.json`.
     """
-    unit = examples.unit_of(main, "param.init=dataset_examples")
-    acts = examples.activations(model, unit, cfg.data, model_key(cfg, model), cache_dir(cfg), cfg.progress)
-    top = examples.select(acts, unit, cfg.render.batch, 1)["top"]
-    if len(top) < cfg.render.batch:
-        raise FvexpError(f"param.init=dataset_examples needs render.batch={cfg.render.batch} readable images in "
-                         f"data.dir, and there are {len(top)}")
-    images = torch.stack([open_image(e.file, cfg.render.size) for e in top]).to(model.device)
-    psnr = fit(param, images)
-    (out_dir / "init.json").write_text(json.dumps({"files": [str(e.file) for e in top], "psnr_db": psnr}, indent=2))
+    if cfg.param.init == "dataset_examples":
+        unit = examples.unit_of(main, "param.init=dataset_examples")
+        acts = examples.activations(model, unit, cfg.data, model_key(cfg, model), cache_dir(cfg), cfg.progress)
+        files = [e.file for e in examples.select(acts, unit, cfg.render.batch, 1)["top"]]
+        if len(files) < cfg.render.batch:
+            raise FvexpError(f"param.init=dataset_examples needs render.batch={cfg.render.batch} readable images in "
+                             f"data.dir, and there are {len(files)}")
+        images = torch.stack([open_image(file, cfg.render.size) for file in files])
+    else:
+        files = [cfg.param.image]
+        images = load(cfg.param.image, cfg.render.size, key="param.image").expand(cfg.render.batch, -1, -1, -1)
+    psnr = fit(param, images.to(model.device))
+    (out_dir / "init.json").write_text(json.dumps({"files": [str(f) for f in files], "psnr_db": psnr}, indent=2))
     return {"init_psnr": psnr}

@@ -25,10 +25,9 @@ from fvexp.errors import FvexpError
 from fvexp.optvis import examples, priors
 from fvexp.optvis.data import batches, scan
 from fvexp.optvis.environment import sha256
-from fvexp.optvis.images import contact_sheet, load, to_pil
+from fvexp.optvis.images import contact_sheet, to_pil
 from fvexp.optvis.models import FeatureModel
 from fvexp.optvis.objectives import Objective
-from fvexp.optvis.params import fit
 from fvexp.optvis.sanity import path_layers
 
 LOG_EVERY = 10  # training steps per point of the loss curve
@@ -131,11 +130,3 @@ def top_examples(cfg: DictConfig, model: FeatureModel, main: Objective) -> list[
     unit = examples.unit_of(main, "regularizers.feature_stats")
     acts = examples.activations(model, unit, cfg.data, model_key(cfg, model), cache_dir(cfg), cfg.progress)
     return [str(e.file) for e in examples.select(acts, unit, cfg.data.k, 1)["top"]]
-
-
-def start_from_image(cfg: DictConfig, model: FeatureModel, param: torch.nn.Module, out_dir: Path) -> dict[str, float]:
-    """Fit every image of `param` to `param.image` (feature accentuation's start); the fit goes to `init.json`."""
-    image = load(cfg.param.image, cfg.render.size, key="param.image").to(model.device)
-    psnr = fit(param, image.expand(cfg.render.batch, -1, -1, -1))
-    (out_dir / "init.json").write_text(json.dumps({"files": [str(cfg.param.image)], "psnr_db": psnr}, indent=2))
-    return {"init_psnr": psnr}
