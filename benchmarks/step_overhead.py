@@ -1,6 +1,6 @@
 """Step overhead: fvexp's full recipe per step versus a bare forward+backward of the same model.
 
-The recipe is fourier + colour decorrelation + standard transforms, batch 1, 224 px, Adam, with a
+The recipe is fourier + colour decorrelation + standard transforms, batch 1 (`--batch`), 224 px, Adam, with a
 class-logit objective so that both sides run the whole network. The bare step feeds a fixed
 224 px tensor through the same frozen model and back-propagates to it, and again at exactly the
 sizes the transforms fed the network. Arms: the standard transforms as fvexp runs them (scale and
@@ -8,7 +8,7 @@ rotation in one resampling, `Affine`), the same with two resamplings (`fuse=Fals
 and `transforms=distill`; all are timed in the same process, interleaved in rounds so that machine
 noise hits them alike. Prints the medians and ratios.
 
-    .venv/bin/python benchmarks/step_overhead.py [--steps 30] [--rounds 5] [--device auto] [--threads N]
+    .venv/bin/python benchmarks/step_overhead.py [--steps 30] [--rounds 5] [--batch 1] [--device auto] [--threads N]
 """
 
 from __future__ import annotations
@@ -33,7 +33,8 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def fvexp_step_ms(model, device: torch.device, steps: int, seen: list[int], transforms: Compose) -> list[float]:
+def fvexp_step_ms(model, device: torch.device, batch: int, steps: int, seen: list[int],
+                  transforms: Compose) -> list[float]:
     """Per-step wall time of the real optimization core, read from its on_step callback.
 
     Appends to `seen` the side of every image the model was fed after the transforms.
@@ -45,7 +46,7 @@ def fvexp_step_ms(model, device: torch.device, steps: int, seen: list[int], tran
         sync(device)
         stamps.append(time.perf_counter())
 
-    param = Fourier(1, 224).to(device)
+    param = Fourier(batch, 224).to(device)
     objective = objectives.class_logit("goldfish", "_fc")
     start = time.perf_counter()
     render(model, objective, param, transforms, lambda p: torch.optim.Adam(p, lr=0.05), steps, seed=0,
@@ -53,10 +54,10 @@ def fvexp_step_ms(model, device: torch.device, steps: int, seen: list[int], tran
     return [1000 * (b - a) for a, b in zip([start, *stamps], stamps, strict=False)][2:]  # skip warm-up
 
 
-def bare_step_ms(model, device: torch.device, sizes: list[int]) -> list[float]:
+def bare_step_ms(model, device: torch.device, batch: int, sizes: list[int]) -> list[float]:
     times = []
     for size in sizes:
-        image = torch.rand(1, 3, size, size, device=device, requires_grad=True)
+        image = torch.rand(batch, 3, size, size, device=device, requires_grad=True)
         sync(device)
         start = time.perf_counter()
         model(image)[:, 1].sum().backward()
@@ -65,12 +66,12 @@ def bare_step_ms(model, device: torch.device, sizes: list[int]) -> list[float]:
     return times[2:]
 
 
-def transforms_ms(device: torch.device, repeats: int) -> dict[str, float]:
+def transforms_ms(device: torch.device, batch: int, repeats: int) -> dict[str, float]:
     """fvexp's own transforms alone, forward and backward on a 224 px image: one resampling against two.
 
     Short and interleaved draw by draw, so the saving is measured even when other load makes whole
     steps too noisy to difference."""
-    image = torch.rand(1, 3, 224, 224, device=device, requires_grad=True)
+    image = torch.rand(batch, 3, 224, 224, device=device, requires_grad=True)
     arms = {"one resampling": standard(), "two resamplings": standard(fuse=False)}
     times: dict[str, list[float]] = {name: [] for name in arms}
     generators = {name: torch.Generator().manual_seed(0) for name in arms}  # the same draws for both
@@ -88,6 +89,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--steps", type=int, default=30, help="steps per round and side")
     parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--batch", type=int, default=1, help="images per step (the GPU rows: 1 and 16)")
     parser.add_argument("--contiguous", action="store_true",
                         help="keep the network in the default (NCHW) layout; by default it is channels-last on the CPU "
                              "as in a default run")
@@ -106,13 +108,13 @@ def main() -> None:
     bare: list[float] = []
     for _ in range(args.rounds):
         for name, transforms in arms.items():
-            recipe[name] += fvexp_step_ms(model, device, args.steps, seen[name], transforms())
-            same[name] += bare_step_ms(model, device, seen[name][-args.steps:])
-        bare += bare_step_ms(model, device, [224] * args.steps)
+            recipe[name] += fvexp_step_ms(model, device, args.batch, args.steps, seen[name], transforms())
+            same[name] += bare_step_ms(model, device, args.batch, seen[name][-args.steps:])
+        bare += bare_step_ms(model, device, args.batch, [224] * args.steps)
     b = statistics.median(bare)
     print(f"device: {device} ({torch.get_num_threads()} threads), torch {torch.__version__}, "
-          f"{args.rounds} rounds of {args.steps} steps")
-    print(f"bare forward+backward, 224 px, batch 1: median {b:6.1f} ms")
+          f"{args.rounds} rounds of {args.steps} steps, batch {args.batch}")
+    print(f"bare forward+backward, 224 px, batch {args.batch}: median {b:6.1f} ms")
     for name in arms:
         r, s = statistics.median(recipe[name]), statistics.median(same[name])
         sizes = seen[name]
@@ -120,7 +122,7 @@ def main() -> None:
               f"{statistics.mean(sizes):.0f}), bare at those sizes {s:6.1f} ms; "
               f"ratio to bare at 224 px {r / b:.3f}, at equal pixels {r / s:.3f}")
     print("goals: standard at equal pixels <= 1.05; distill against bare at 224 px <= 1.10")
-    alone = transforms_ms(device, 10 * args.steps)
+    alone = transforms_ms(device, args.batch, 10 * args.steps)
     print(f"standard transforms alone, forward+backward: one resampling {alone['one resampling']:.2f} ms, two "
           f"{alone['two resamplings']:.2f} ms (median of {10 * args.steps} interleaved draws each)")
 

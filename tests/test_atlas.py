@@ -10,11 +10,13 @@ import pytest
 import torch
 
 import fvexp
+from fvexp.app.build import CPU_PER_BATCH, build, per_batch
 from fvexp.app.schema import validate
 from fvexp.errors import FvexpError
 from fvexp.optvis import atlas as lib
+from fvexp.optvis import objectives
 from fvexp.optvis.data import open_image
-from fvexp.optvis.objectives import direction
+from fvexp.optvis.objectives import direction, per_image
 from tests.conftest import fvexp as run_fvexp
 from tests.conftest import make
 
@@ -51,6 +53,20 @@ def test_the_atlas_task_composes_and_checks_its_settings() -> None:
         validate(cfg)
     with pytest.raises(FvexpError, match=r"task.grid=0 is not allowed"):
         validate(make("task=atlas", "data.dir=photos", "task.grid=0"))
+
+
+def test_without_a_cuda_card_a_null_per_batch_is_16_and_a_set_one_is_kept(model) -> None:
+    cfg = make("task=gallery")
+    assert cfg.task.per_batch is None
+
+    def first(n: int) -> objectives.Objective:
+        return per_image([objectives.channel(LAYER, 0)] * n)
+
+    assert per_batch(cfg, model, build(cfg.transforms), first, 112) == CPU_PER_BATCH == 16
+    cfg = make("task=atlas", "task.per_batch=5")
+    assert per_batch(cfg, model, build(cfg.transforms), first, 400) == 5
+    with pytest.raises(FvexpError, match=r"task.per_batch=0 is not allowed"):
+        validate(make("task=gallery", "task.per_batch=0"))
 
 
 def direction_values(model: fvexp.FeatureModel, images: torch.Tensor, directions: list[np.ndarray]) -> torch.Tensor:

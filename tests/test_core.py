@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 
 from fvexp.optvis import objectives
 from fvexp.optvis.objectives import Objective
 from fvexp.optvis.params import Fourier
-from fvexp.optvis.render import NonFiniteObjective, render
-from fvexp.optvis.transforms import Compose, Jitter
+from fvexp.optvis.render import NonFiniteObjective, fitting, images_that_fit, render
+from fvexp.optvis.transforms import Compose, Jitter, standard
 
 
 def adam(params):
@@ -156,3 +158,27 @@ def test_the_plain_adam_is_torchs_bit_for_bit_and_skips_torch_optim(weight_decay
             optimizer.step()
     assert torch.equal(ours, theirs)
     assert isinstance(create(lambda params: torch.optim.SGD(params, lr=1.0), [ours]), torch.optim.SGD)
+
+
+def test_a_batch_fills_the_share_of_the_card_that_the_probes_measure() -> None:
+    # one image peaks at 300 bytes and two at 400: 100 bytes an image over 200 shared
+    assert fitting(1000, 300, 400) == 8 and fitting(1099, 300, 400) == 8 and fitting(1100, 300, 400) == 9
+    assert fitting(100, 300, 400) == 1  # never less than one image
+    assert images_that_fit(lambda batch: pytest.fail("no probe without a CUDA card"), torch.device("cpu")) is None
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="sizes batches for a CUDA card")
+def test_the_probed_batch_runs_within_its_share_of_the_card(model) -> None:
+    cuda = torch.device("cuda")
+    net = copy.deepcopy(model).to(cuda)
+    objective = objectives.channel("_blocks.8", 5)
+
+    def step(batch: int) -> None:
+        render(net, objective, Fourier(batch, 224).to(cuda), standard(), adam, 1, 0, progress=False)
+
+    fit = images_that_fit(step, cuda)
+    assert fit > 2
+    torch.cuda.empty_cache()
+    torch.cuda.reset_peak_memory_stats(cuda)
+    step(fit)
+    assert torch.cuda.max_memory_allocated(cuda) <= 0.85 * torch.cuda.get_device_properties(cuda).total_memory

@@ -125,6 +125,7 @@ def test_the_gallery_is_batched_resumable_and_browsable(demo_folder, model, tmp_
     runs = client.search_runs([e.experiment_id for e in client.search_experiments()],
                               order_by=["attributes.start_time ASC"])
     assert [r.info.status for r in runs] == ["KILLED", "FINISHED"]
+    assert runs[1].data.tags["fvexp.per_batch"] == "2"
     assert {"gallery.png", "index.html"} <= {a.path for a in client.list_artifacts(runs[1].info.run_id)}
     metrics = runs[1].data.metrics
     per_channel = [metrics[f"interpretability.channel.{c}"] for c in range(6)]

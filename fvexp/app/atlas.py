@@ -26,7 +26,7 @@ from omegaconf import DictConfig
 from PIL import Image
 from tqdm import tqdm
 
-from fvexp.app.build import build, build_objective, build_param, check_fits
+from fvexp.app.build import build, build_objective, build_param, check_fits, per_batch
 from fvexp.app.gallery import digest, final_values, uri
 from fvexp.app.places import launch_dir
 from fvexp.app.recorder import Recorder
@@ -53,9 +53,13 @@ def atlas(cfg: DictConfig, model: FeatureModel, job: Job, tracker: Recorder) -> 
         raise FvexpError("task=atlas needs a layer: objective.layer=NAME (fvexp-layers lists them), e.g. "
                          "objective.layer=_blocks.8")
     files = scan(cfg.data.dir)
-    folder = atlas_dir(cfg, layer, files)
+    transforms = build(cfg.transforms)
+    width = model.probe([layer], cfg.render.size)[layer][1]
+    size = per_batch(cfg, model, transforms,
+                     lambda n: per_image([direction(layer, [1.0] * width, cfg.task.cossim_pow)] * n), cfg.task.grid**2)
+    folder = atlas_dir(cfg, layer, files, size)
     folder.mkdir(parents=True, exist_ok=True)
-    tracker.set_tags({"fvexp.atlas": str(folder.resolve())})
+    tracker.set_tags({"fvexp.atlas": str(folder.resolve()), "fvexp.per_batch": str(size)})
     seconds: dict[str, float] = {}
     sample = timed(seconds, "sample", lambda: kept(folder / "sample.npz", lib.Sample.load, lambda s, p: s.save(p),
                                                    lambda: lib.sample(model, layer, files, cfg.data.size,
@@ -73,7 +77,7 @@ def atlas(cfg: DictConfig, model: FeatureModel, job: Job, tracker: Recorder) -> 
                                                lambda: laid_out(sample.vectors, cfg.seed, cfg.progress)))
     cells = lib.cells(xy, sample.vectors, cfg.task.grid, cfg.task.min_count)
     started = time.perf_counter()
-    interrupted = render_cells(cfg, model, tracker, folder, layer, cells)
+    interrupted = render_cells(cfg, model, transforms, size, tracker, folder, layer, cells)
     seconds["render"] = time.perf_counter() - started
     shown = [c for c in cells if finished(folder, c)]
     paths = timed(seconds, "write", lambda: write(cfg, model, folder, job.out_dir, layer, sample, xy, shown, label))
@@ -92,13 +96,14 @@ def atlas(cfg: DictConfig, model: FeatureModel, job: Job, tracker: Recorder) -> 
     return Result(images, metrics=metrics, path=paths[0], status="KILLED" if interrupted else "FINISHED")
 
 
-def atlas_dir(cfg: DictConfig, layer: str, files: list[Path]) -> Path:
-    """The folder an atlas resumes from: every setting that changes it, and the folder's content, hashed."""
+def atlas_dir(cfg: DictConfig, layer: str, files: list[Path], per_batch: int) -> Path:
+    """The folder an atlas resumes from: every setting that changes it (`per_batch` cells per
+    optimization), and the folder's content, hashed."""
     if cfg.task.dir:
         return Path(cfg.task.dir)
     root = Path(cfg.data.dir).expanduser().absolute()
     task = {key: cfg.task[key] for key in ("grid", "per_image", "samples", "min_count", "cossim_pow", "class_filter")}
-    settings = [digest(cfg), task, cfg.data.size, fingerprint(root, files)]
+    settings = [digest(cfg, per_batch), task, cfg.data.size, fingerprint(root, files)]
     key = hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:12]
     return launch_dir() / "outputs" / "atlas" / f"{layer}-{key}"
 
@@ -129,11 +134,10 @@ def laid_out(vectors: np.ndarray, seed: int, progress: bool) -> np.ndarray:
     return xy
 
 
-def render_cells(cfg: DictConfig, model: FeatureModel, tracker: Recorder, folder: Path, layer: str,
-                 cells: list[lib.Cell]) -> bool:
-    """Render the cells not yet finished, `task.per_batch` per optimization; True if interrupted."""
-    transforms = build(cfg.transforms)
-    groups = [cells[i : i + cfg.task.per_batch] for i in range(0, len(cells), cfg.task.per_batch)]
+def render_cells(cfg: DictConfig, model: FeatureModel, transforms: Compose, per_batch: int, tracker: Recorder,
+                 folder: Path, layer: str, cells: list[lib.Cell]) -> bool:
+    """Render the cells not yet finished, `per_batch` per optimization; True if interrupted."""
+    groups = [cells[i : i + per_batch] for i in range(0, len(cells), per_batch)]
     done = sum(len(g) for g in groups if all(finished(folder, c) for c in g))
     if done:
         print(f"fvexp: resuming the atlas in {folder}: {done} of {len(cells)} cells are done")

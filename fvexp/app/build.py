@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Iterator, Mapping
+import math
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -23,10 +24,12 @@ from fvexp.errors import FvexpError
 from fvexp.optvis.environment import sha256
 from fvexp.optvis.models import FeatureModel
 from fvexp.optvis.objectives import Objective
+from fvexp.optvis.render import images_that_fit, render
 from fvexp.optvis.transforms import Compose
 
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 PROBE_SIZE = 256  # a multiple of every stride, to read each layer's stride from its map size
+CPU_PER_BATCH = 16  # images per optimization where `task.per_batch` is null and there is no CUDA card to fill
 
 
 def build(node: DictConfig, **kwargs: Any) -> Any:
@@ -100,6 +103,28 @@ def gram_layer(cfg: DictConfig, main: Objective) -> str | None:
     """The layer whose Gram matrices measure a batch's diversity: the diversity term's, or the objective's."""
     layers = main.network_layers
     return cfg.diversity.layer or (layers[0] if len(layers) == 1 else None)
+
+
+def per_batch(cfg: DictConfig, model: FeatureModel, transforms: Compose, main: Callable[[int], Objective],
+              count: int) -> int:
+    """`task.per_batch`, or where it is null: on a CUDA card as many images as fit in its memory, in
+    batches of equal size for `count` images; elsewhere `CPU_PER_BATCH`.
+
+    `main(batch)` is the per-image objective of a batch, for the one-step probes that measure memory.
+    """
+    if cfg.task.per_batch is not None:
+        return cfg.task.per_batch
+
+    def step(batch: int) -> None:
+        objective = build_objective(cfg, main(batch))
+        check_fits(model, objective, transforms, cfg.render.size)
+        render(model, objective, build_param(cfg, model, batch), transforms, build(cfg.optimizer), 1, cfg.seed,
+               progress=False)
+
+    fit = images_that_fit(step, model.device)
+    if fit is None:
+        return CPU_PER_BATCH
+    return math.ceil(count / math.ceil(count / fit)) if count else 1
 
 
 def check_fits(model: FeatureModel, objective: Objective, transforms: Compose, size: int) -> None:

@@ -2,8 +2,9 @@
 
 The article ends by inviting readers to browse every channel of a network. One run per channel
 pays the model load, the tracking and the start-up each time and keeps the batch at one image;
-here `task.per_batch` channels are one optimization of a batch whose image i maximizes channel i
-(`objectives.per_image`), through the same `render` loop as every run.
+here `task.per_batch` channels (by default, on a CUDA card, as many as fit in its memory) are one
+optimization of a batch whose image i maximizes channel i (`objectives.per_image`), through the same
+`render` loop as every run.
 
 Finished batches are kept in the gallery folder, named by a hash of every setting that changes
 the images (`outputs/gallery/<layer>-<hash>` unless `task.dir` is set). Rerunning a command that
@@ -25,7 +26,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from PIL import Image
 
-from fvexp.app.build import build, build_objective, build_param, cache_dir, check_fits, model_key
+from fvexp.app.build import build, build_objective, build_param, cache_dir, check_fits, model_key, per_batch
 from fvexp.app.measure import Measurer
 from fvexp.app.places import launch_dir
 from fvexp.app.recorder import Recorder
@@ -53,14 +54,17 @@ def gallery(cfg: DictConfig, model: FeatureModel, job: Job, tracker: Recorder) -
     layer = cfg.objective.layer
     count = model.probe([layer], cfg.render.size)[layer][1]
     channels = parse_channels(cfg.task.channels, count, layer)
-    folder = Path(cfg.task.dir) if cfg.task.dir else launch_dir() / "outputs" / "gallery" / f"{layer}-{digest(cfg)}"
+    transforms = build(cfg.transforms)
+    size = per_batch(cfg, model, transforms, lambda n: per_image([build(cfg.objective, channel=channels[0])] * n),
+                     len(channels))
+    folder = Path(cfg.task.dir) if cfg.task.dir else (launch_dir() / "outputs" / "gallery" /
+                                                      f"{layer}-{digest(cfg, size)}")
     folder.mkdir(parents=True, exist_ok=True)
-    tracker.set_tags({"fvexp.gallery": str(folder.resolve())})
-    batches = [channels[i : i + cfg.task.per_batch] for i in range(0, len(channels), cfg.task.per_batch)]
+    tracker.set_tags({"fvexp.gallery": str(folder.resolve()), "fvexp.per_batch": str(size)})
+    batches = [channels[i : i + size] for i in range(0, len(channels), size)]
     done = [b for b in batches if all(finished(folder, c) for c in b)]
     if done:
         print(f"fvexp: resuming the gallery in {folder}: {sum(map(len, done))} of {len(channels)} channels are done")
-    transforms = build(cfg.transforms)
     interrupted = False
     try:
         for number, batch in enumerate(batches):
@@ -131,14 +135,17 @@ def parse_channels(spec: object, count: int, layer: str) -> list[int]:
     return sorted(set(wanted))
 
 
-def digest(cfg: DictConfig) -> str:
-    """A hash of every setting that changes a gallery's images (not which channels, nor tracking)."""
+def digest(cfg: DictConfig, per_batch: int) -> str:
+    """A hash of every setting that changes a gallery's images (not which channels, nor tracking).
+
+    `per_batch` is the batch size in use, which `task.per_batch=null` leaves to the device.
+    """
     keys = ("model", "objective", "param", "transforms", "optimizer", "regularizers", "render", "seed", "precision",
             "channels_last")
     settings = {key: OmegaConf.to_container(cfg[key], resolve=True) if OmegaConf.is_config(cfg[key]) else cfg[key]
                 for key in keys}
     settings["objective"].pop("channel", None)
-    settings["per_batch"] = cfg.task.per_batch
+    settings["per_batch"] = per_batch
     return hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
 

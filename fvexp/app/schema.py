@@ -72,7 +72,8 @@ class TaskConfig:
 class GalleryConfig(TaskConfig):
     name: TaskName = TaskName.gallery
     channels: Any = None  # None: every channel of objective.layer; a list [0, 5, 9] or a range "0-31"
-    per_batch: int = 16  # channels optimized together, one image each, in one optimization
+    per_batch: int | None = None  # channels optimized together, one image each, in one optimization;
+    # None: on a CUDA card as many as fit in 80 % of its memory, else 16 (fvexp.app.build.per_batch)
     dir: str | None = None  # where finished channels are kept to resume; None: outputs/gallery/<layer>-<hash>
 
 
@@ -85,7 +86,7 @@ class AtlasConfig(TaskConfig):
     per_image: int = 8  # activation vectors sampled at random positions of each image
     samples: int = 4000  # vectors in all: about samples/per_image images are read, whatever the folder's size
     min_count: int = 3  # cells with fewer vectors stay empty
-    per_batch: int = 16  # cells optimized together, one image each, in one optimization
+    per_batch: int | None = None  # cells optimized together, one image each; None: as the gallery's
     cossim_pow: float = 1.0  # each cell's direction objective: dot · max(0.1, cos)^cossim_pow (Lucid's form)
     class_filter: str | None = None  # a class (name or index): keep only positions of images predicted as it
     opacity: bool = False  # fade sparse cells of atlas.png into white by their count (task.opacity=true)
@@ -220,7 +221,7 @@ def validate(cfg: DictConfig) -> None:
     check_size(cfg.data.size, "data.size")
     _require(cfg.data.batch_size >= 1, "data.batch_size", cfg.data.batch_size, "at least 1")
     _require(cfg.data.workers >= 0, "data.workers", cfg.data.workers, "0 or more processes")
-    if "per_batch" in cfg.task:
+    if cfg.task.get("per_batch") is not None:
         _require(cfg.task.per_batch >= 1, "task.per_batch", cfg.task.per_batch, "at least 1 channel per batch")
     if cfg.task.name == "atlas":
         _validate_atlas(cfg)

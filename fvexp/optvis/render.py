@@ -129,3 +129,29 @@ def render(
         finally:
             bar.close()
     return Render(image.detach(), readings.values)
+
+
+def images_that_fit(step: Callable[[int], object], device: torch.device, share: float = 0.8) -> int | None:
+    """How many images one optimization holds in `share` of a CUDA card's memory; None on other devices.
+
+    `step(batch)` runs one optimization step of `batch` images; its peak memory at batches of one
+    and two images gives what an image costs and what all share (the model, the kernels' workspace).
+    Sized from the card's whole memory, not from what happens to be free: the batches, and so the
+    images (each batch is seeded by its number), then depend on the card and never on its load.
+    """
+    if device.type != "cuda":
+        return None
+    peaks = []
+    for batch in (1, 2):
+        torch.cuda.synchronize(device)
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats(device)
+        step(batch)
+        peaks.append(torch.cuda.max_memory_allocated(device))
+    return fitting(share * torch.cuda.get_device_properties(device).total_memory, *peaks)
+
+
+def fitting(budget: float, one: int, two: int) -> int:
+    """Images within `budget` bytes when an optimization of one image peaks at `one` bytes and of two at `two`."""
+    per_image = max(two - one, 1)
+    return max(1, int((budget - (one - per_image)) // per_image))
