@@ -8,12 +8,19 @@ rotation in one resampling, `Affine`), the same with two resamplings (`fuse=Fals
 and `transforms=distill`; all are timed in the same process, interleaved in rounds so that machine
 noise hits them alike. Prints the medians and ratios.
 
+The machine's speed drifts by a fifth within seconds, and those arms time steps and bare passes
+in separate loops. So the standard and distill recipes are timed once more with each step cut into
+phases (parameterization, transforms, network, their backward passes, Adam) and followed at once by
+bare passes at the same pixels and at 224 px: fvexp's own work per step, and step / bare step by
+step, the figures the goals are read from.
+
     .venv/bin/python benchmarks/step_overhead.py [--steps 30] [--rounds 5] [--batch 1] [--device auto] [--threads N]
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import statistics
 import time
 
@@ -23,6 +30,8 @@ from resampling_quality import preset
 from fvexp.app.build import lay_out, resolve_device
 from fvexp.optvis import objectives
 from fvexp.optvis.models import efficientnet_lite
+from fvexp.optvis.objectives import INPUT
+from fvexp.optvis.optimizers import Adam
 from fvexp.optvis.params import Fourier
 from fvexp.optvis.render import render
 from fvexp.optvis.transforms import Compose, standard
@@ -64,6 +73,83 @@ def bare_step_ms(model, device: torch.device, batch: int, sizes: list[int]) -> l
         sync(device)
         times.append(1000 * (time.perf_counter() - start))
     return times[2:]
+
+
+PHASES = ("parameterization", "transforms", "network forward", "network backward", "transforms backward",
+          "parameterization backward", "Adam")
+OWN = ("parameterization", "transforms", "transforms backward", "parameterization backward", "Adam")
+Phased = tuple[dict[str, list[float]], list[float], list[float]]  # phases' ms, bare at the same pixels, at 224 px
+
+
+def phases_ms(model, device: torch.device, batch: int, steps: int, transforms: Compose) -> Phased:
+    """The recipe's steps cut into phases, each step followed at once by bare passes at its pixels and at 224 px.
+
+    The loop is `render`'s step written out (fvexp's Adam, the same pieces and draws), with a
+    timestamp between phases: gradient hooks on the transformed and on the synthesized image mark
+    where the backward pass leaves the network and the transforms. Bare passes right after each
+    step leave the machine no time to change speed in between, which the separate loops above do
+    (their step and bare figures come seconds apart).
+    """
+    torch.manual_seed(0)
+    param = Fourier(batch, 224).to(device)
+    optimizer = Adam(param.parameters(), lr=0.05)
+    objective = objectives.class_logit("goldfish", "_fc")
+    generator = torch.Generator().manual_seed(0)
+    times: dict[str, list[float]] = {name: [] for name in PHASES}
+    same: list[float] = []
+    at_224: list[float] = []
+
+    def now() -> float:
+        sync(device)
+        return 1000 * time.perf_counter()
+
+    with model.reading(objective.network_layers) as read:
+
+        def bare(shape: tuple[int, ...]) -> float:
+            pixels = torch.rand(shape, device=device, requires_grad=True)
+            start = now()
+            objective({**read(pixels), INPUT: pixels}).mean().backward()
+            return now() - start
+
+        for step in range(steps):
+            marks = [now()]
+            image = param()
+            marks.append(now())
+            seen = transforms(image, generator)
+            marks.append(now())
+            value = objective({**read(seen), INPUT: image}).mean()
+            marks.append(now())
+            left: list[float] = []
+            for tensor in (seen, image):  # in that order, as the backward pass reaches them
+                tensor.register_hook(lambda grad, marked=left: marked.append(now()))
+            optimizer.zero_grad()
+            (-value).backward()
+            marks += [*left, now()]
+            optimizer.step()
+            marks.append(now())
+            pair = bare(seen.shape), bare((batch, 3, 224, 224))
+            if step >= 2:  # warm-up
+                for name, (a, b) in zip(PHASES, itertools.pairwise(marks), strict=True):
+                    times[name].append(b - a)
+                same.append(pair[0])
+                at_224.append(pair[1])
+    return times, same, at_224
+
+
+def report(name: str, phased: Phased) -> None:
+    """The phases' medians, fvexp's own work, and step / bare step by step, at equal pixels and at 224 px."""
+    times, same, at_224 = phased
+    steps = [sum(times[phase][i] for phase in PHASES) for i in range(len(same))]
+    print(f"{name}, its steps cut into phases (median ms): "
+          + ", ".join(f"{phase} {statistics.median(times[phase]):.2f}" for phase in PHASES))
+    own = sum(statistics.median(times[phase]) for phase in OWN)
+    network = statistics.median(times["network forward"]) + statistics.median(times["network backward"])
+    ratio = {key: statistics.median(a / b for a, b in zip(steps, bare, strict=True))
+             for key, bare in (("same", same), ("224", at_224))}
+    print(f"  fvexp's own work {own:.2f} ms, the network inside the step {network:.1f} ms, a bare pass after each "
+          f"step at its pixels {statistics.median(same):.1f} ms, at 224 px {statistics.median(at_224):.1f} ms; "
+          f"step / bare step by step (median of the steps' ratios): at equal pixels {ratio['same']:.3f}, "
+          f"to 224 px {ratio['224']:.3f}")
 
 
 def transforms_ms(device: torch.device, batch: int, repeats: int) -> dict[str, float]:
@@ -121,7 +207,12 @@ def main() -> None:
         print(f"{name}: step {r:6.1f} ms; network fed {min(sizes)}..{max(sizes)} px (mean "
               f"{statistics.mean(sizes):.0f}), bare at those sizes {s:6.1f} ms; "
               f"ratio to bare at 224 px {r / b:.3f}, at equal pixels {r / s:.3f}")
-    print("goals: standard at equal pixels <= 1.05; distill against bare at 224 px <= 1.10")
+    print("(separate loops; the goals are read from the step-by-step figures below)")
+    for name, transforms in (("standard", standard), ("distill", lambda: preset("distill", True))):
+        rounds = [phases_ms(model, device, args.batch, args.steps, transforms()) for _ in range(args.rounds)]
+        report(name, ({phase: [t for r in rounds for t in r[0][phase]] for phase in PHASES},
+                      [t for r in rounds for t in r[1]], [t for r in rounds for t in r[2]]))
+    print("goals, step by step: standard at equal pixels <= 1.05; distill to 224 px <= 1.10")
     alone = transforms_ms(device, args.batch, 10 * args.steps)
     print(f"standard transforms alone, forward+backward: one resampling {alone['one resampling']:.2f} ms, two "
           f"{alone['two resamplings']:.2f} ms (median of {10 * args.steps} interleaved draws each)")
