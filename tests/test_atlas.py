@@ -10,12 +10,13 @@ import pytest
 import torch
 
 import fvexp
+from fvexp.app.atlas import atlas_dir
 from fvexp.app.build import CPU_PER_BATCH, build, per_batch
 from fvexp.app.schema import validate
 from fvexp.errors import FvexpError
 from fvexp.optvis import atlas as lib
 from fvexp.optvis import objectives
-from fvexp.optvis.data import open_image
+from fvexp.optvis.data import open_image, scan
 from fvexp.optvis.objectives import direction, per_image
 from tests.conftest import fvexp as run_fvexp
 from tests.conftest import make
@@ -53,6 +54,16 @@ def test_the_atlas_task_composes_and_checks_its_settings() -> None:
         validate(cfg)
     with pytest.raises(FvexpError, match=r"task.grid=0 is not allowed"):
         validate(make("task=atlas", "data.dir=photos", "task.grid=0"))
+
+
+def test_a_folder_named_relative_or_absolute_gives_one_atlas_folder(demo_folder: Path, monkeypatch) -> None:
+    monkeypatch.chdir(demo_folder.parent)
+    relative, absolute = (make("task=atlas", f"objective.layer={LAYER}", f"data.dir={folder}")
+                          for folder in (demo_folder.name, demo_folder))
+    files = scan(demo_folder)
+    folder = atlas_dir(absolute, LAYER, files, 16)
+    assert atlas_dir(relative, LAYER, scan(demo_folder.name), 16) == folder
+    assert atlas_dir(absolute, LAYER, files[:-1], 16) != folder != atlas_dir(absolute, LAYER, files, 8)
 
 
 def test_without_a_cuda_card_a_null_per_batch_is_16_and_a_set_one_is_kept(model) -> None:

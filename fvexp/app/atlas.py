@@ -37,7 +37,7 @@ from fvexp.optvis.data import fingerprint, open_image, scan
 from fvexp.optvis.examples import crop_box, receptive_field
 from fvexp.optvis.images import to_pil
 from fvexp.optvis.models import FeatureModel
-from fvexp.optvis.objectives import class_index, direction, per_image
+from fvexp.optvis.objectives import Objective, class_index, direction, per_image
 from fvexp.optvis.render import render
 from fvexp.optvis.transforms import Compose
 
@@ -54,9 +54,12 @@ def atlas(cfg: DictConfig, model: FeatureModel, job: Job, tracker: Recorder) -> 
                          "objective.layer=_blocks.8")
     files = scan(cfg.data.dir)
     transforms = build(cfg.transforms)
-    width = model.probe([layer], cfg.render.size)[layer][1]
-    size = per_batch(cfg, model, transforms,
-                     lambda n: per_image([direction(layer, [1.0] * width, cfg.task.cossim_pow)] * n), cfg.task.grid**2)
+
+    def probe_objective(n: int) -> Objective:  # a cell's kind of objective, n times: only a CUDA card probes
+        width = model.probe([layer], cfg.render.size)[layer][1]
+        return per_image([direction(layer, [1.0] * width, cfg.task.cossim_pow)] * n)
+
+    size = per_batch(cfg, model, transforms, probe_objective, cfg.task.grid**2)
     folder = atlas_dir(cfg, layer, files, size)
     folder.mkdir(parents=True, exist_ok=True)
     tracker.set_tags({"fvexp.atlas": str(folder.resolve()), "fvexp.per_batch": str(size)})

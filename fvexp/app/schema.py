@@ -73,7 +73,7 @@ class GalleryConfig(TaskConfig):
     name: TaskName = TaskName.gallery
     channels: Any = None  # None: every channel of objective.layer; a list [0, 5, 9] or a range "0-31"
     per_batch: int | None = None  # channels optimized together, one image each, in one optimization;
-    # None: on a CUDA card as many as fit in 80 % of its memory, else 16 (fvexp.app.build.per_batch)
+    # None: on a CUDA card as many as fit in 80 % of its memory, else fvexp.app.build.CPU_PER_BATCH
     dir: str | None = None  # where finished channels are kept to resume; None: outputs/gallery/<layer>-<hash>
 
 

@@ -81,10 +81,10 @@ def fingerprint(root: Path, files: list[Path]) -> str:
     Reading every byte of a 6 GB folder to check a cache would cost as much as the activations
     themselves; a changed, added or removed file changes its size, time or path, and so the hash.
     """
-    digest = hashlib.sha256()
-    for file in files:
+    digest, root = hashlib.sha256(), root.absolute()
+    for file in files:  # `scan` of a relative folder gives relative paths
         stat = file.stat()
-        digest.update(f"{file.relative_to(root)}\t{stat.st_size}\t{stat.st_mtime_ns}\n".encode())
+        digest.update(f"{file.absolute().relative_to(root)}\t{stat.st_size}\t{stat.st_mtime_ns}\n".encode())
     return digest.hexdigest()
 
 
