@@ -124,7 +124,7 @@ def per_batch(cfg: DictConfig, model: FeatureModel, transforms: Compose, main: C
     fit = images_that_fit(step, model.device)
     if fit is None:
         return CPU_PER_BATCH
-    return math.ceil(count / math.ceil(count / fit)) if count else 1
+    return math.ceil(count / math.ceil(count / fit))  # count >= 1: a gallery has channels, an atlas a grid
 
 
 def check_fits(model: FeatureModel, objective: Objective, transforms: Compose, size: int) -> None:
