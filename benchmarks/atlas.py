@@ -1,10 +1,14 @@
-"""Time each phase of a 20×20 activation atlas of the demo folder (sample, layout, render, write).
+"""Time each phase of a 20×20 activation atlas of the demo folder (sample, layout, render, write), and judge it.
 
-    python benchmarks/atlas.py --steps 48 --size 64 --picture docs/atlas.png
+    python benchmarks/atlas.py --steps 128 --size 64 --picture docs/atlas.png
+    python benchmarks/atlas.py --steps 128 --size 64 --no-whiten     # the raw directions, as before whitening
 
-Builds the demo folder (`fvexp-demo`, 266 images) in a temporary folder unless --data is given, runs
+Builds the demo folder (`fvexp-demo`, 267 photos) in a temporary folder unless --data is given, runs
 `task=atlas` from a fresh atlas folder (nothing resumed) through `fvexp.run`, and prints the
-`atlas.seconds.*` metrics, the cells rendered and the seconds per cell. --picture copies atlas.png.
+`atlas.seconds.*` metrics, the cells rendered and the seconds per cell, and the two figures that say
+whether the cells show their directions: `atlas.own_direction_share` (cells whose image excites
+their own direction more than every other cell's) and the cells' median high-frequency energy
+(`atlas.high_frequency_energy`; noise is high). --picture copies atlas.png.
 """
 
 from __future__ import annotations
@@ -28,6 +32,8 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=64)
     parser.add_argument("--per-batch", type=int, default=32)
     parser.add_argument("--picture", help="copy atlas.png here (e.g. docs/atlas.png)")
+    parser.add_argument("--whiten", action=argparse.BooleanOptionalAction, default=True,
+                        help="task.whiten: render the whitened directions (default) or the raw ones")
     parser.add_argument("--dir", help="the atlas folder (task.dir); one left by an earlier run resumes it, so "
                                       "its finished phases then take no time (default: a fresh one)")
     args = parser.parse_args()
@@ -39,7 +45,8 @@ def main() -> None:
         folder = args.dir or Path(scratch) / "atlas"
         result = fvexp.run("task=atlas", f"objective.layer={args.layer}", f"data.dir={data}",
                            f"task.grid={args.grid}", f"task.per_batch={args.per_batch}", f"render.steps={args.steps}",
-                           f"render.size={args.size}", f"task.dir={folder}", "tracking=none",
+                           f"render.size={args.size}", f"task.dir={folder}", f"task.whiten={args.whiten}",
+                           "tracking=none",
                            f"hydra.run.dir={Path(scratch) / 'run'}")
         total = time.perf_counter() - started
         metrics = result.metrics
@@ -50,7 +57,8 @@ def main() -> None:
             print(f"  {phase:7s} {metrics[f'atlas.seconds.{phase}']:7.1f} s")
         print(f"  render per cell {metrics['atlas.seconds.render'] / max(1, metrics['atlas.cells']):.2f} s; "
               f"whole command {total:.1f} s (with model load and the own-direction check); "
-              f"own direction share {metrics['atlas.own_direction_share']:.2f}")
+              f"own direction share {metrics['atlas.own_direction_share']:.2f}, cells' median high-frequency "
+              f"energy {metrics['atlas.high_frequency_energy']:.4f} (whiten={args.whiten})")
         if args.picture:
             shutil.copyfile(result.path, args.picture)
 

@@ -19,6 +19,12 @@ benchmarks/lucent_compare.py), else its row says so. Writes docs/quality.md and 
 
     python -m fvexp.tools.demo outputs/demo_photos
     python benchmarks/quality.py --data outputs/demo_photos [--steps 128] [--size 128] [--prior FILE]
+
+`--panel dinov2` measures the transformer panel instead, also fixed before any result was seen: on
+`model=dinov2_small`, the MLP hidden features (after the GELU) of blocks 1, 3, 5, 7, 9 and 11,
+channels 0 and ⌊C/2⌋ of each (12 units), with the default recipe and `transforms=transformer` (Ghiasi et
+al. 2022: jitter by more than a patch, colour shift, pixel noise); a channel is its mean over the
+patch tokens, and its activation its strongest patch. Writes docs/quality_dinov2.md and .png.
 """
 
 from __future__ import annotations
@@ -49,11 +55,17 @@ from fvexp.optvis.interpretability import Judge, Measures, interpretability
 from fvexp.optvis.metrics import high_frequency_energy, spectral_slope
 from fvexp.optvis.models import LOGITS, FeatureModel, efficientnet_lite
 from fvexp.optvis.objectives import Objective, Unit, channel, class_logit
+from fvexp.optvis.onnx import dinov2_small
 
 ROOT = Path(__file__).resolve().parents[1]
 LAYERS = ("_blocks.3", "_blocks.6", "_blocks.10", "_blocks.14")
 CLASSES = (0, 250, 500, 750)
 SEEDS = (0, 1)
+DINO_LAYERS = tuple(f"backbone/encoder/layer/{k}/mlp/activation/Mul_1" for k in (1, 3, 5, 7, 9, 11))
+DINO_RECIPES: dict[str, list[str] | None] = {
+    "default (fourier, standard transforms)": [],
+    "transformer (jitter 28 px, colour shift, noise)": ["transforms=transformer"],
+}
 # The weights of the `experiment=priors` arms, checked on units outside the panel (_blocks.8:5,
 # _blocks.12:40, class 100 at 128 px): at 10000 the prior's penalty fades every image to grey.
 PRIOR_WEIGHT, STATS_WEIGHT = 3000.0, 10.0
@@ -100,6 +112,23 @@ def panel(model: FeatureModel) -> list[Objective]:
     units = [channel(layer, c) for layer in LAYERS
              for c in (0, shapes[layer][1] // 3, 2 * shapes[layer][1] // 3)]
     return units + [class_logit(label) for label in CLASSES]
+
+
+def grid_peak(image: Tensor, patch: int = 14) -> float:
+    """Spectral power at the patch grid's frequencies (side/patch cycles and multiples, both axes) over
+    the power one and two frequencies beside them: about 1 without a grid, far above 1 with one."""
+    grey = image.mean(0) - image.mean()
+    side = grey.shape[-1]
+    profile = torch.fft.rfft(grey, dim=1).abs().pow(2).mean(0) + torch.fft.rfft(grey, dim=0).abs().pow(2).mean(1)
+    peaks = [round(k * side / patch) for k in range(1, patch // 2 + 1) if round(k * side / patch) + 2 < len(profile)]
+    beside = [f + d for f in peaks for d in (-2, -1, 1, 2)]
+    return (profile[peaks].mean() / profile[beside].mean()).item()
+
+
+def dino_panel(model: FeatureModel) -> list[Objective]:
+    """The transformer panel's fixed units: channels 0 and ⌊C/2⌋ of each MLP in `DINO_LAYERS`."""
+    shapes = model.probe(list(DINO_LAYERS), 112)
+    return [channel(layer, c) for layer in DINO_LAYERS for c in (0, shapes[layer][1] // 2)]
 
 
 def resolved(objective: Objective, model: FeatureModel) -> Unit:
@@ -160,7 +189,7 @@ def lucent_available() -> bool:
 
 
 def measure(recipe: list[str] | None, objectives: list[Objective], model: FeatureModel, args: argparse.Namespace,
-            prior: str, cache: Path) -> Row:
+            prior: str, cache: Path, seeds: tuple[int, ...] = SEEDS) -> Row:
     """Run the recipe on every unit and seed and measure each image against the demo folder."""
     row = Row([], [], [], [], [], 0.0, [])
     judge = Judge(efficientnet_lite("lite1"), size=args.size)  # held out: the panel explains Lite0
@@ -168,9 +197,9 @@ def measure(recipe: list[str] | None, objectives: list[Objective], model: Featur
     started = time.perf_counter()
     for objective in objectives:
         unit = resolved(objective, model)
-        acts = examples.activations(model, unit, data, "quality-panel", cache, progress=False)
+        acts = examples.activations(model, unit, data, f"quality-panel-{args.panel}", cache, progress=False)
         top = examples.select(acts, unit, 8, 1)["top"]
-        for seed in SEEDS:
+        for seed in seeds:
             if recipe is None:
                 image = run_lucent(model, unit, args.steps, args.size, seed)
             else:
@@ -186,7 +215,7 @@ def measure(recipe: list[str] | None, objectives: list[Objective], model: Featur
             crop = examples.receptive_field(model, unit.layer, args.size) if acts.map_size != (1, 1) else None
             row.interpretability.append(interpretability(judge, image, acts, unit, args.size, crop, Measures(),
                                                          seed)["interpretability"])
-            if seed == SEEDS[0]:
+            if seed == seeds[0]:
                 row.images.append(image[0].cpu())
     row.seconds = time.perf_counter() - started
     return row
@@ -226,7 +255,8 @@ def sheet(rows: dict[str, Row | None], objectives: list[Objective], path: Path) 
         for i, (image, objective) in enumerate(zip(row.images, objectives, strict=True)):
             unit = objective.unit
             label = f"{name[:22]}\n" if i == 0 else "\n"
-            cells.append((to_pil(image), f"{label}{unit.layer}:{unit.channel}"))
+            layer = unit.layer.replace("backbone/encoder/layer/", "block ").replace("/mlp/activation/Mul_1", " mlp")
+            cells.append((to_pil(image), f"{label}{layer}:{unit.channel}"))
     contact_sheet(cells, columns=len(objectives), side=96).save(path)
 
 
@@ -243,9 +273,14 @@ def main() -> None:
     parser.add_argument("--results", type=Path, default=Path(tempfile.gettempdir()) / "fvexp-quality",
                         help="where each recipe's measurements are kept, so that a recipe is measured once")
     parser.add_argument("--out", type=Path, default=ROOT / "docs")
+    parser.add_argument("--panel", choices=("lite0", "dinov2"), default="lite0",
+                        help="dinov2: the transformer panel (see above) instead of EfficientNet-Lite0's")
+    parser.add_argument("--seeds", type=int, default=len(SEEDS), help="seeds per unit, from 0")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     lean_runs()
+    if args.panel == "dinov2":
+        return transformer_panel(args)
     model = efficientnet_lite()
     cache = Path(tempfile.gettempdir()) / "fvexp-quality-cache"
     prior = args.prior or str(fvexp.run("task=train_prior", f"data.dir={args.data}", f"data.size={args.size}",
@@ -274,6 +309,39 @@ def main() -> None:
     lines = table(rows, photos)
     sheet(rows, objectives, args.out / "quality.png")
     write(args, lines, photos, prior)
+    print("\n".join(lines))
+
+
+def transformer_panel(args: argparse.Namespace) -> None:
+    """The DINOv2 panel: both recipes on its 12 MLP units, written to docs/quality_dinov2.md and .png."""
+    model = dinov2_small()
+    objectives = dino_panel(model)
+    cache = Path(tempfile.gettempdir()) / "fvexp-quality-cache"
+    photos = photo_statistics(args.data, args.size)
+    folder = args.results / "dinov2"
+    folder.mkdir(parents=True, exist_ok=True)
+    rows: dict[str, Row | None] = {}
+    for number, (name, recipe) in enumerate(DINO_RECIPES.items()):
+        kept = folder / f"{number}.pt"
+        if kept.exists():
+            rows[name] = Row(**torch.load(kept))
+        else:
+            rows[name] = measure(recipe, objectives, model, args, "", cache, tuple(range(args.seeds)))
+            torch.save(vars(rows[name]), kept)
+        print(table({name: rows[name]}, photos)[-1], flush=True)
+    lines = [*table(rows, photos), "", "| recipe | patch-grid peak (median; about 1: no grid) |", "|---|---|",
+             *(f"| {name} | {statistics.median(grid_peak(i) for i in row.images):.2f} |" for name, row in rows.items())]
+    sheet(rows, objectives, args.out / "quality_dinov2.png")
+    text = ["# Image quality: the transformer panel", "",
+            "Written by `benchmarks/quality.py --panel dinov2` (its docstring defines the panel and the columns):", "",
+            "```bash",
+            f"python benchmarks/quality.py --panel dinov2 --data outputs/demo_photos --steps {args.steps} "
+            f"--size {args.size} --seeds {args.seeds}", "```", "",
+            f"{len(objectives)} units × {args.seeds} seed(s) per recipe, {args.steps} Adam steps at {args.size} px, "
+            f"DINOv2 ViT-S/14 (`model=dinov2_small`) on the CPU; interpretability judged by EfficientNet-Lite1. "
+            f"Goal: {GOAL}.", "", *lines, "",
+            "![the panel, seed 0: one row per recipe](quality_dinov2.png)", ""]
+    (args.out / "quality_dinov2.md").write_text("\n".join(text))
     print("\n".join(lines))
 
 

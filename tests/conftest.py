@@ -131,9 +131,10 @@ def fvexp(*args: str, cwd: Path, env: dict[str, str] | None = None,
 
 @pytest.fixture(scope="session")
 def demo_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A small nested image folder from scikit-image's photos and their crops (84 images), as `fvexp-demo` builds."""
-    from fvexp.tools.demo import build
+    """Every third photo of `fvexp-demo`'s folder and scikit-image's cat (90 distinct photos from all five
+    sources, one sub-folder per source, with labels.csv), as `fvexp-demo` writes them."""
+    from fvexp.tools.demo import build, photos
 
     folder = tmp_path_factory.mktemp("demo_photos")
-    build(folder, ["chelsea", "coffee", "rocket", "brick", "coins", "colorwheel"])
+    build(folder, [p for i, p in enumerate(photos()) if i % 3 == 0 or p.name == "chelsea"])
     return folder

@@ -69,7 +69,7 @@ def test_a_class_by_name_needs_class_names_and_then_reads_the_logits_layer(net) 
     (dict(objective="_blocks.8", stepz=3), "unknown setting 'stepz'; closest valid: steps"),
     (dict(objective="_blocks.8:5", steps="many"), "steps='many': Value 'many' of type 'str' could not be converted"),
     (dict(objective="_blocks.8"), "objective '_blocks.8' is not 'layer:channel'"),
-    (dict(objective="_blocks.8:5", param="fourrier"), "Could not find 'param/fourrier'"),
+    (dict(objective="_blocks.8:5", param="fourrier"), "unknown param option 'fourrier'; closest valid: fourier"),
     (dict(objective="_blocks.8:500", steps=1), "channel 500 is out of range for layer '_blocks.8', which has 112"),
     (dict(objective="_blocks.8:5", mean=[0.5] * 3), "give both mean and std"),
 ])
@@ -117,7 +117,7 @@ def test_run_is_the_command_lines_job_with_its_folder_and_run_id(tmp_path, monke
     assert run.data.tags["overrides"].startswith("objective.channel=7 render.steps=4")
     with pytest.raises(FvexpError, match="is a sweep preset"):
         fvexp.run("experiment=distill")
-    with pytest.raises(FvexpError, match=r"Could not override 'objective.chanel'"):
+    with pytest.raises(FvexpError, match=r"unknown key 'objective.chanel'; closest valid: objective.channel$"):
         fvexp.run("objective.chanel=3")
 
 
@@ -146,3 +146,36 @@ def test_visualize_works_from_inside_a_hydra_app_and_leaves_its_hydra_alone(net,
         caller = GlobalHydra.instance().hydra
         result = fvexp.visualize(net, "_blocks.8:5", **LITE, steps=1, size=64, progress=False)
         assert result.status == "FINISHED" and GlobalHydra.instance().hydra is caller
+
+
+def a_function(image: torch.Tensor) -> torch.Tensor:
+    return image
+
+
+@pytest.mark.parametrize(("model", "call", "message"), [
+    (a_function, {}, "model must be a torch.nn.Module (a network in memory), not the function 'a_function'; for a "
+                     "model by name use fvexp.run('model=torchvision', 'model.name=resnet18', ...)"),
+    ("efficientnet_lite0", {}, "model must be a torch.nn.Module (a network in memory), not the str "
+                               "'efficientnet_lite0'"),
+    (None, {"mean": [0.5, 0.5], "std": [0.2, 0.2]},
+     "mean and std have 2 value(s) each; the network's first convolution takes 3-channel images: give 3 values "
+     "each (or neither, for images in [0, 1] as they are)"),
+    (None, {"mean": [0.5] * 3, "std": [0.2] * 2}, "mean has 3 value(s) and std 2"),
+    (None, {"mean": 0.5, "std": 0.2}, "mean must be a list of numbers, one per input channel of the network"),
+    (None, {"mean": [0.5] * 3, "std": [0.2, 0.0, 0.2]}, "std=[0.2, 0.0, 0.2]: every value must be above 0"),
+    (None, {"objective": 5}, "objective must be 'layer:channel', 'logits:label' or an Objective"),
+])
+def test_a_wrong_kind_of_argument_is_one_error_naming_it(net, model, call: dict, message: str) -> None:
+    # issue 22: a function or a string raised AttributeError, and two-value mean/std a 56-line convolution error
+    with pytest.raises(FvexpError) as error:
+        fvexp.visualize(net if model is None else model, call.pop("objective", "_blocks.8:5"),
+                        **{"steps": 1, "size": 64, "progress": False, **call})
+    assert str(error.value).startswith(message) and "\n" not in str(error.value)
+
+
+def test_run_names_the_closest_key_of_a_misspelt_one_as_the_layer_listing_does() -> None:
+    # issue 22: Hydra's advice to append the key (+objective.chanel=3), which nothing would read
+    with pytest.raises(FvexpError, match=r"^unknown key 'objective.chanel'; closest valid: objective.channel$"):
+        fvexp.run("objective.chanel=3")
+    with pytest.raises(FvexpError, match=r"^unknown key 'render.stpes'; closest valid: render.steps"):
+        fvexp.run("render.stpes=3")

@@ -87,6 +87,23 @@ def direction_values(model: fvexp.FeatureModel, images: torch.Tensor, directions
     return torch.stack([direction(LAYER, (d / np.linalg.norm(d)).tolist(), 1.0)(acts) for d in directions], 1)
 
 
+def test_whitening_damps_what_every_position_shares_and_keeps_what_sets_a_cell_apart() -> None:
+    rng = np.random.default_rng(0)
+    shared = np.abs(rng.normal(size=16)) + 1  # the layer's average vector, everywhere
+    apart = np.zeros(16)
+    apart[3] = 1.0  # what one cell's positions add to it
+    vectors = np.abs(rng.normal(size=(2000, 16))) * 0.3 + shared
+    vectors[:100] += apart
+    s = lib.whitening(vectors)
+
+    def cos(a: np.ndarray, b: np.ndarray) -> float:
+        return float(a @ b / np.linalg.norm(a) / np.linalg.norm(b))
+
+    cell = vectors[:100].mean(0)
+    assert cos(cell, shared) > 0.95 and cos(cell, apart) < 0.3  # the raw mean is mostly the shared part
+    assert cos(s @ cell, apart) > 0.8  # whitened, it points at what sets the cell apart
+
+
 @pytest.mark.slow
 def test_an_atlas_of_the_demo_folder_renders_each_cell_for_its_own_direction(demo_folder, model, tmp_path) -> None:
     args = ["task=atlas", f"objective.layer={LAYER}", f"data.dir={demo_folder}", "task.grid=3", "task.per_batch=5",
@@ -98,7 +115,7 @@ def test_an_atlas_of_the_demo_folder_renders_each_cell_for_its_own_direction(dem
     [folder] = (tmp_path / "outputs" / "atlas").iterdir()
     sample = lib.Sample.load(folder / "sample.npz")
     cells = lib.cells(np.load(folder / "layout.npy"), sample.vectors, 3, 3)
-    assert len(sample.vectors) == 84 * 8 and sum(c.count for c in cells) <= len(sample.vectors)
+    assert len(sample.vectors) == 90 * 8 and sum(c.count for c in cells) <= len(sample.vectors)
 
     # each rendered cell excites its own direction more than the other cells' directions
     images = torch.stack([open_image(folder / f"{c.name}.png", 64) for c in cells])

@@ -10,6 +10,7 @@ from PIL import Image
 
 from fvexp.errors import FvexpError
 from fvexp.tools.compare import Cell, axes, sheets
+from fvexp.tracking.comparison import note
 
 
 def cell(status: str = "FINISHED", **overrides: str) -> Cell:
@@ -35,3 +36,24 @@ def test_large_sweeps_are_paged_and_grids_are_rows_by_columns(tmp_path: Path) ->
     [page] = sheets(grid, "a", "b", ["a", "b"], "m", page_size=36, out=tmp_path / "grid")
     sheet = Image.open(page)
     assert 3 * 192 < sheet.width < 4 * 192 and 3 * 192 < sheet.height < 4 * 300  # 3 rows (x, y, z) × 3 columns
+
+
+def arm(job: int, **metrics: float) -> SimpleNamespace:
+    return SimpleNamespace(info=SimpleNamespace(run_id=f"r{job}", status="FINISHED", run_name=f"arm {job}"),
+                           data=SimpleNamespace(metrics=metrics, tags={"fvexp.job": str(job)}))
+
+
+def test_the_parent_run_s_description_is_the_sheet_and_a_table_of_key_metrics() -> None:
+    parent = SimpleNamespace(info=SimpleNamespace(run_id="p1", experiment_id="3", run_name="sweep x"))
+    measured = {"objective_untransformed": 21.91, "high_frequency_energy": 0.68, "spectral_slope": 0.05,
+                "interpretability": 0.625, "interpretability.low": 0.55, "interpretability.high": 0.7}
+    cells = [Cell(arm(0, **measured), {"ablation": "naive"}, None),
+             Cell(arm(1, objective_untransformed=22.1), {"ablation": "a|b"}, None)]
+    text = note(parent, cells, ["ablation"], ["contact_sheet.png"], "objective_untransformed")
+    assert "![contact_sheet.png](get-artifact?path=compare%2Fcontact_sheet.png&run_uuid=p1)" in text
+    assert "| arm | ablation | status | objective | HF energy | slope | interpretability [95 % interval] |" in text
+    assert ("| [0](#/experiments/3/runs/r0?workflowType=machine_learning) | naive | FINISHED | 21.91 | 0.68 | 0.05 "
+            "| 0.625 [0.55, 0.7] |") in text
+    assert "| a\\|b | FINISHED | 22.1 |  |  |  |" in text  # a | in a value is escaped; what was not measured is empty
+    many = note(parent, [cells[0]] * 400, ["ablation"], ["contact_sheet.png"], "objective_untransformed")
+    assert len(many) <= 8000 and many.count("| naive |") < 400 and "more arms: the runs table lists them all" in many

@@ -26,12 +26,12 @@ def test_every_group_has_the_options_the_issue_names() -> None:
     assert {"channel", "class_logit", "class_prob", "layer", "neuron", "class_logsumexp", "direction",
             "random_direction", "arithmetic", "interpolate", "style", "inversion"} == set(GROUPS["objective"])
     assert {"fourier", "pixel", "lowres", "laplacian", "shared", "cppn", "maco", "prior"} == set(GROUPS["param"])
-    assert GROUPS["transforms"] == ["distill", "none", "standard"]
+    assert GROUPS["transforms"] == ["distill", "none", "standard", "transformer"]
     assert {"adam", "sgd", "descent_l2", "descent_linf", "descent_decorrelated"} == set(GROUPS["optimizer"])
     assert {"enemy", "regularization", "preconditioning", "diversity", "interaction", "logits",
             "distill", "priors"} == set(GROUPS["experiment"])
     assert GROUPS["tracking"] == ["mlflow", "none"]
-    assert GROUPS["model"] == ["custom", "efficientnet_lite0", "torchvision"]
+    assert GROUPS["model"] == ["custom", "dinov2_small", "efficientnet_lite0", "onnx", "torchvision"]
 
 
 @pytest.fixture(scope="session")

@@ -33,17 +33,17 @@ def only_run(folder: Path):
 
 def test_dataset_examples_task_ranks_the_folder_and_the_second_query_hits_the_cache(demo_folder, tmp_path) -> None:
     (tmp_path / "data").mkdir()
-    for name in ("chelsea", "coffee"):
+    for name in ("imagenet", "skimage"):  # 7 + 6 photos
         (tmp_path / "data" / name).symlink_to(demo_folder / name)
     (tmp_path / "data" / "notes.jpg").write_text("not an image")
     done = fvexp("task=dataset_examples", f"data.dir={tmp_path / 'data'}", "objective.channel=5", "data.k=4",
                  f"hydra.run.dir={tmp_path / 'run'}", *SMALL, cwd=tmp_path)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip().splitlines()[-1] == str(tmp_path / "run" / "examples.png")
-    assert "1 of 29 files could not be read as images and were skipped" in done.stderr
+    assert "1 of 14 files could not be read as images and were skipped" in done.stderr
     client, run = only_run(tmp_path)
     assert run.info.status == "FINISHED" and run.data.metrics["examples.unreadable"] == 1
-    assert run.data.metrics["examples.images"] == 29 and run.data.metrics["examples.cached"] == 0
+    assert run.data.metrics["examples.images"] == 14 and run.data.metrics["examples.cached"] == 0
     logged = {a.path for a in client.list_artifacts(run.info.run_id, "examples")}
     assert {f"examples/{v}.png" for v in ("top", "top_crops", "bottom", "spectrum", "histogram")} <= logged
     assert "examples/activations.csv" in logged

@@ -81,14 +81,15 @@ def test_the_diversity_term_needs_feature_maps(model) -> None:
 
 def test_token_layers_are_not_read_as_channels() -> None:
     tokens = token_model()
-    # before: channel 20 of a layer of 8 channels indexed token 20 of 64 and was accepted
+    # before: channel 20 of a layer of 8 channels indexed token 20 of 64 and was accepted; now the 64 tokens
+    # are read as the 8×8 patch grid of the stride-4 patch embedding, with 8 features (fvexp.optvis.tokens)
     assert message(check_fits, tokens, objectives.channel("1", 20), Compose(), 32) == (
-        "layer '1' gives (batch, 64, 8) sequences, not the (batch, channels, h, w) feature maps objective=channel "
-        "reads; use objective=layer objective.layer=1" + LISTING)
+        "channel 20 is out of range for layer '1', which has 8 channels (objective.channel must be 0..7)")
     assert message(check_fits, tokens, objectives.class_logit(3, "logits", classes=""), Compose(), 32) == (
-        "layer '2' gives (batch, 64, 6) sequences, not the (batch, classes) vectors objective=class_logit reads; "
-        "use objective=layer objective.layer=2" + LISTING)
+        "layer '2' gives (batch, 6, 8, 8) feature maps, not the (batch, classes) vectors objective=class_logit reads; "
+        "use objective=channel objective.layer=2 objective.channel=3" + LISTING)
     check_fits(tokens, objectives.layer("1"), Compose(), 32)
+    check_fits(tokens, objectives.channel("1", 7), Compose(), 32)
     check_fits(tokens, objectives.channel("0", 7), Compose(), 32)
 
 
@@ -98,8 +99,9 @@ def test_the_layer_listing_says_which_objectives_fit_each_layer(model) -> None:
     assert rows["_fc"] == ("1000", "1000", "class_logit, class_prob, layer, direction")
     assert rows["_swish"] == ("runs 2 times", "", "-")
     rows = {row[0]: row[2:] for row in layers.table(token_model(), 32)}
-    assert rows == {"0": ("8×8×8", "8", "channel, neuron, layer, direction"), "1": ("64×8", "", "layer"),
-                    "2": ("64×6", "", "layer")}
+    assert rows == {"0": ("8×8×8", "8", "channel, neuron, layer, direction"),
+                    "1": ("64 tok×8 (0+8×8)", "8", "channel, neuron, layer, direction"),
+                    "2": ("64 tok×6 (0+8×8)", "6", "channel, neuron, layer, direction")}
 
 
 # --- 2. every value has a range ---
@@ -278,9 +280,10 @@ def test_a_symlink_loop_indexes_each_image_once(tmp_path: Path) -> None:
 # --- the tools that take overrides report a bad one in one line ---
 
 @pytest.mark.parametrize("override,expected", [
-    ("objective.chanel=3", "fvexp.layers: error: Could not override 'objective.chanel'. To append to your config "
-                           "use +objective.chanel=3. Key 'chanel' not in 'Schema_fvexp_optvis_objectives_channel'"),
+    ("objective.chanel=3", "fvexp.layers: error: unknown key 'objective.chanel'; closest valid: objective.channel"),
     ("model=torchvison", "fvexp.layers: error: unknown model option 'torchvison'; closest valid: torchvision"),
+    ("--store", "fvexp.layers: error: unknown option --store; fvexp-layers takes the overrides fvexp takes "
+                "(KEY=VALUE), see fvexp-layers --help"),  # issue 22: Hydra's LexerNoViableAltException
     ("render.size=20000", "fvexp.layers: error: render.size=20000 is not allowed: render.size must be the image "
                           "side in pixels, 1 to 4096"),
 ])
@@ -293,7 +296,7 @@ def test_the_layer_listing_reports_a_bad_override_in_one_line(override: str, exp
 @pytest.mark.slow
 def test_fvexp_layers_prints_a_bad_override_without_a_traceback(tmp_path: Path) -> None:
     environment = {**os.environ, "PYTHONPATH": str(ROOT)}
-    for override, expected in (("objective.chanel=3", "Could not override 'objective.chanel'"),
+    for override, expected in (("objective.chanel=3", "unknown key 'objective.chanel'; closest valid: objective.chan"),
                                ("model=torchvison", "unknown model option 'torchvison'; closest valid: torchvision")):
         done = subprocess.run([sys.executable, "-m", "fvexp.tools.layers", override], cwd=tmp_path, text=True,
                               capture_output=True, env=environment)

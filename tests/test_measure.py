@@ -18,7 +18,7 @@ from fvexp.errors import FvexpError
 from fvexp.optvis import examples
 from fvexp.optvis.interpretability import Judge, Measures, interpretability, transferability, two_afc
 from fvexp.optvis.models import efficientnet_lite
-from fvexp.optvis.objectives import channel, class_logit
+from fvexp.optvis.objectives import channel
 from tests.conftest import make
 
 
@@ -41,23 +41,27 @@ def test_bad_measure_settings_are_one_clear_line(override: str, message: str) ->
 
 
 def test_the_network_being_explained_cannot_judge_itself(model) -> None:
-    measurer = Measurer(make("measure.transfer=[lite0]"), model)
     with pytest.raises(FvexpError, match=r"measure.transfer=lite0 is the network being explained; .* lite1 or lite2"):
-        measurer.transfer(class_logit("goldfish"), torch.rand(1, 3, 64, 64))
+        Measurer(make("measure.transfer=[lite0]"), model)  # refused when the job starts, before the render
 
 
 @pytest.mark.slow
-def test_examples_beat_random_references_and_a_visualization_beats_chance(model, demo_folder, tmp_path) -> None:
-    """On the demo folder: the top examples as references score above random ones, and the run's
-    visualization of the unit scores above chance, its whole interval above 0.5."""
+def test_random_references_score_chance_and_examples_beat_them(model, demo_folder, tmp_path) -> None:
+    """On the demo subset (90 photos, too few for 64 queries a side: 33): random references hold 0.5 in
+    their interval and the top examples score above them, their whole interval above 0.5. The run's
+    own image is not asserted above chance: on benchmarks/measure_validity.py's panel, images of the
+    default recipe average 0.536 [0.499, 0.572] (docs/quality.md)."""
     cfg = make("objective.layer=_blocks.10", "objective.channel=3", "render.steps=256", "render.batch=2",
                f"data.dir={demo_folder}", "data.workers=0", f"data.cache_dir={tmp_path / 'cache'}", "progress=false",
                "tracking=none")
     result = execute(cfg, Job(tmp_path / "run"))
     metrics = result.metrics
     print({k: round(v, 3) for k, v in metrics.items() if k.startswith("interpretability")})
-    assert metrics["interpretability.examples"] > metrics["interpretability.random"] + 0.2
-    assert metrics["interpretability.low"] > 0.5, metrics
+    assert metrics["interpretability.pairs"] == 33 * 33
+    assert metrics["interpretability.random.low"] <= 0.5 <= metrics["interpretability.random.high"], metrics
+    assert metrics["interpretability.examples"] > metrics["interpretability.random"] + 0.1
+    assert metrics["interpretability.examples.low"] > 0.5, metrics
+    assert metrics["interpretability.low"] <= metrics["interpretability"] <= metrics["interpretability.high"]
     saved = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert saved["interpretability"] == metrics["interpretability"]
 
@@ -99,5 +103,6 @@ def test_measures_need_enough_images(model, tmp_path: Path) -> None:
     data = SimpleNamespace(dir=folder, size=64, batch_size=8, workers=0)
     unit = channel("_blocks.2", 0).unit
     acts = examples.activations(model, unit, data, "lite0", tmp_path / "cache", progress=False)
-    with pytest.raises(FvexpError, match=r"needs at least 54 readable images in data.dir .* and there are 5"):
+    with pytest.raises(FvexpError, match=r"needs at least 44 readable images in data.dir \(3 × "
+                                         r"measure.references=8 \+ 2 × 10 queries\), and there are 5"):
         interpretability(Judge.__new__(Judge), torch.rand(1, 3, 64, 64), acts, unit, 64, 32, Measures())

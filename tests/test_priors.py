@@ -152,7 +152,7 @@ def test_feature_stats_and_feature_accentuation_run_from_the_command_line_config
     assert stats.status == "FINISHED" and "sanity_score" in stats.metrics
     assert (tmp_path / "stats" / "sanity.json").exists()
 
-    cat = next(f for f in scan(demo_folder) if "chelsea" in str(f) and "full" in f.name)
+    cat = next(f for f in scan(demo_folder) if f.stem == "chelsea")
     start = open_image(cat, 96)[None]
     distance = {}
     for weight in (0, 10):
@@ -175,3 +175,59 @@ def test_the_path_of_a_class_is_the_maps_before_the_pooling(model) -> None:
     assert spatial_path(model, LOGITS) == ["_bn0", "_conv_head", "_bn1"]
     assert spatial_path(model, "_blocks.2") == ["_blocks.0", "_blocks.1", "_blocks.2"]
     check_fits(model, channel("_avg_pooling", 3), standard(), 224)  # a global pooling needs no 256 px image
+
+
+class RunsCode:
+    """What a malicious pickle holds: unpickling it would call os.system."""
+
+    def __reduce__(self) -> tuple:
+        import os
+
+        return (os.system, ("echo this ran",))
+
+
+def test_a_cut_a_malicious_and_a_future_prior_file_are_each_one_line_saying_what_the_file_is(tmp_path: Path) -> None:
+    # issue 22: torch's messages cut mid-sentence ("[Errno 22] Invalid argument", "Re-running `torch."), and
+    # a file of format version 7 was used as if it were version 2
+    good = priors.save(priors.Autoencoder(width=8), tmp_path / "prior.pt", SIZE, {})
+    cut = tmp_path / "cut.pt"
+    cut.write_bytes(good.read_bytes()[: good.stat().st_size // 2])
+    evil = tmp_path / "evil.pt"
+    torch.save({"format": priors.FORMAT, "version": 2, "state": RunsCode()}, evil)
+    future = tmp_path / "future.pt"
+    torch.save({**torch.load(good, weights_only=True), "version": 7}, future)
+    cases = {cut: rf"is not a readable fvexp prior file: it is cut short \({cut.stat().st_size} bytes: it begins as a "
+                  r"torch file and its end is missing",
+             evil: r"is not a readable fvexp prior file: it is a pickle that would run Python code \(posix.system\) "
+                   r"when loaded, and fvexp loads only tensors and numbers from a prior, never code; train one",
+             future: r"is an fvexp prior of format version 7, and this fvexp reads versions 1 and 2; use the fvexp "
+                     r"that wrote it, or train one"}
+    for path, message in cases.items():
+        with pytest.raises(FvexpError, match=rf"^param.path: '{path}' {message}") as error:
+            PriorLatent(batch=1, size=SIZE, path=str(path))
+        assert "\n" not in str(error.value) and "weights_only" not in str(error.value)
+
+
+def test_an_interrupted_training_keeps_the_network_of_its_last_whole_step(monkeypatch) -> None:
+    # issue 22: Ctrl-C or SIGTERM during the training lost it all
+    images, settings = torch.rand(3, 3, SIZE, SIZE), {**TINY, "steps": 50}
+
+    def stop_after_two(step: int, loss: float) -> None:
+        if step == 2:
+            raise KeyboardInterrupt  # what Ctrl-C, or fvexp's SIGTERM handler, raises
+
+    after_two = priors.train(images, **settings, on_step=stop_after_two)
+    update, updates = torch.optim.Adam.step, []
+
+    def update_then_stop_on_the_third(self: torch.optim.Adam, *args, **kwargs) -> None:
+        update(self, *args, **kwargs)  # step 3 has written its weights, and is not over
+        updates.append(1)
+        if len(updates) == 3:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(torch.optim.Adam, "step", update_then_stop_on_the_third)
+    within_three = priors.train(images, **settings)
+    assert after_two.steps_done == within_three.steps_done == 2 and len(updates) == 3
+    assert not within_three.training and not any(p.requires_grad for p in within_three.parameters())
+    assert all(torch.equal(a, b) for a, b in zip(after_two.state_dict().values(), within_three.state_dict().values(),
+                                                  strict=True))  # step 3's half-made update is undone

@@ -349,3 +349,98 @@ def test_the_run_is_described_on_the_recorders_thread_and_not_at_all_without_tra
     untracked.log_step(1, 0.5)
     untracked.finish("FINISHED")
     assert threads == ["fvexp-recorder"] * 2
+
+
+# --- issue 22: priors and atlases keep what they made, and say what binds ---
+
+def logged_steps(database: Path) -> int:
+    """Points of the objective curve in an SQLite store, read without creating or migrating anything."""
+    import sqlite3
+
+    if not database.exists():
+        return 0
+    try:
+        with contextlib.closing(sqlite3.connect(f"file:{database}?mode=ro", uri=True)) as connection:
+            return connection.execute("SELECT count(*) FROM metrics WHERE key = 'objective'").fetchone()[0]
+    except sqlite3.OperationalError:  # MLflow is still creating its tables
+        return 0
+
+
+@pytest.mark.slow  # one process, SIGTERM: Ctrl-C raises the same KeyboardInterrupt (test_priors.py has it in-process)
+def test_a_stopped_prior_training_keeps_its_last_step_marked_partial(tmp_path: Path) -> None:
+    import torch
+    from PIL import Image
+
+    from fvexp.optvis import priors
+
+    (tmp_path / "photos").mkdir()
+    for i in range(4):
+        Image.fromarray((torch.rand(64, 64, 3) * 255).byte().numpy()).save(tmp_path / "photos" / f"{i}.png")
+    store = tmp_path / "store.db"
+    process = fvexp_process("task=train_prior", f"data.dir={tmp_path / 'photos'}", "data.size=64", "task.crop=32",
+                            "task.width=8", "task.batch=4", "task.steps=100000", "progress=false", "threads=1",
+                            f"tracking.uri=sqlite:///{store}", f"hydra.run.dir={tmp_path / 'run'}", cwd=tmp_path)
+    wait_for(lambda: logged_steps(store) > 0)
+    process.send_signal(signal.SIGTERM)
+    stdout, stderr = process.communicate(timeout=120)
+    assert process.returncode == 143 and "Traceback" not in stderr, stderr[-3000:]
+    prior = tmp_path / "run" / "prior.pt"
+    assert stdout.strip() == str(prior)
+    [run] = runs(f"sqlite:///{store}")
+    done = int(run.data.metrics["train_steps"])
+    assert f"fvexp: interrupted at step {done} of 100000; keeping the prior as it was after that step, marked " \
+           "partial" in stderr
+    assert run.info.status == "KILLED" and run.data.tags["prior.partial"] == f"stopped after step {done} of 100000"
+    assert torch.load(prior, weights_only=True)["meta"]["prior.partial"] == run.data.tags["prior.partial"]
+    assert priors.load(prior, "param.path", 3, 64).size == 64 and len(run.data.tags["prior.sha256"]) == 64  # usable
+
+
+def test_an_atlas_that_cannot_start_leaves_no_folder_and_names_the_limit_of_its_sample(model, tmp_path: Path) -> None:
+    # issue 22: an unknown layer left an empty folder under outputs/atlas/, and task.samples=50 for a 20×20 grid was
+    # answered, after the sampling, with "more task.per_image, or a larger data.dir", neither of which helps
+    from PIL import Image
+
+    from fvexp.app.atlas import atlas
+
+    (tmp_path / "photos").mkdir()
+    for i in range(2):
+        Image.new("RGB", (64, 64), (40 * i, 90, 160)).save(tmp_path / "photos" / f"{i}.png")
+    common = ("task=atlas", f"data.dir={tmp_path / 'photos'}", f"task.dir={tmp_path / 'atlas'}", "progress=false",
+              "render.size=64", "data.workers=0")
+    cases = {"objective.layer=_blocks.99": r"unknown layer '_blocks.99'; closest valid: _blocks.9",
+             "task.samples=50": r"task.samples=50 gives at most 56 activation vectors, too few for a task.grid=20 "
+                                r"atlas \(400 cells\) whatever data.dir holds; use task.samples=400 or more, or "
+                                r"task.grid=7 or less$"}
+    for override, message in cases.items():
+        cfg = make(*common, "objective.layer=_blocks.8", override)
+        with pytest.raises(FvexpError, match=f"^{message}"):
+            atlas(cfg, model, Job(tmp_path / "run"), Recorder())
+        assert not (tmp_path / "atlas").exists()
+
+
+@pytest.mark.parametrize(("overrides", "read", "per_image", "map_size", "message"), [
+    (("objective.layer=_avg_pooling", "task.grid=10"), 12, 1, (1, 1),
+     "the sample has 12 activation vectors, too few for a task.grid=10 atlas (100 cells); data.dir binds (all its 12 "
+     "readable images are sampled): use task.grid=3 or less, or more images in data.dir"),
+    (("objective.layer=_blocks.8", "task.grid=10"), 12, 8, (14, 14),
+     "the sample has 96 activation vectors, too few for a task.grid=10 atlas (100 cells); data.dir binds (all its 12 "
+     "readable images are sampled): use task.grid=9 or less, or more images in data.dir, or task.per_image up to 196 "
+     "(the positions of a map of _blocks.8)"),
+    (("objective.layer=_avg_pooling", "task.grid=6", "task.samples=40"), 5, 1, (1, 1),
+     "the sample has 5 activation vectors, too few for a task.grid=6 atlas (36 cells); task.samples=40 binds (it "
+     "reads 5 of data.dir's 12 images): use task.grid=2 or less, or task.samples=288 or more and more images in "
+     "data.dir (read whole, it would give about 12)"),
+])
+def test_a_sample_too_small_for_the_grid_names_only_the_changes_that_would_enlarge_it(
+        overrides: tuple[str, ...], read: int, per_image: int, map_size: tuple[int, int], message: str) -> None:
+    import numpy as np
+
+    from fvexp.app.atlas import enough
+    from fvexp.optvis.atlas import Sample
+
+    sample = Sample(np.array([f"{i}.png" for i in range(read)]), np.zeros(read, dtype=np.int64),
+                    np.ones((read * per_image, 8), dtype=np.float32), np.repeat(np.arange(read), per_image),
+                    np.zeros((read * per_image, 2), dtype=np.int64), np.array(map_size))
+    with pytest.raises(FvexpError) as error:
+        enough(make("task=atlas", "data.dir=photos", *overrides), sample, 12, filtered=False)
+    assert str(error.value) == message

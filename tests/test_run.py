@@ -62,9 +62,9 @@ def test_channel_run_excites_its_channel_and_is_recorded(tmp_path: Path, model, 
     assert len(logged) >= 4 * 2 and any("step+128" in p for p in logged)  # each image has a thumbnail
 
 
-def exploding_channel(layer: str, channel: int) -> Objective:
+def exploding_channel(layer: str, channel: int, tokens: str = "patches") -> Objective:
     """A channel objective that turns NaN at its fifth evaluation, to test the failure path."""
-    base, calls = objectives.channel(layer, channel), []
+    base, calls = objectives.channel(layer, channel, tokens=tokens), []
 
     def value(acts):
         calls.append(1)

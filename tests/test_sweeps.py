@@ -115,6 +115,24 @@ def test_reproduce_names_a_changed_library_version(sweep, monkeypatch) -> None:
     assert f"numpy.version: {real('numpy')} → 9.9.9" in report
 
 
+def test_reproduce_of_a_sweep_re_runs_every_child_into_one_table(sweep, monkeypatch) -> None:
+    from fvexp.tools import reproduce
+
+    folder, store = sweep
+    monkeypatch.chdir(folder)
+    parent = next(r for r in all_runs(store) if r.data.tags.get("fvexp.role") == "parent").info.run_id
+    children = {r.info.run_id for r in all_runs(store) if r.data.tags.get("mlflow.parentRunId") == parent}
+    identical, report = reproduce.reproduce_any(parent, store, reproduce.Options(folder / "again"), None)
+    assert identical, report
+    header, *rows, summary = report.splitlines()
+    assert header.split() == ["child", "name", "status", "reproduced"]
+    assert {row.split()[0] for row in rows} == children and len(rows) == 4
+    assert all(row.split()[2:] == ["FINISHED", "identical"] for row in rows), rows
+    assert summary == f"4 of 4 children of sweep {parent} identical"
+    identical, report = reproduce.reproduce_any(parent, store, reproduce.Options(folder / "again"), 1)
+    assert identical and report.splitlines()[-1] == f"1 of 1 children of sweep {parent} identical (a sample of 1 of 4)"
+
+
 def test_bad_inputs_get_one_clear_message(sweep, tmp_path: Path) -> None:
     folder, store = sweep
     done = module("reproduce", "0123456789abcdef", cwd=folder, store=store)
@@ -142,7 +160,7 @@ def test_failed_jobs_are_shown_not_dropped(tmp_path: Path) -> None:
     store = f"sqlite:///{tmp_path / 'store.db'}"
     done = fvexp("-m", "objective.channel=5,999", "render.steps=4", "render.size=64", "progress=false",
                  "hydra/launcher=joblib", cwd=tmp_path, env={"MLFLOW_TRACKING_URI": store})
-    assert done.returncode == 1  # the sweep went on past the job that failed in its own process, and says so
+    assert done.returncode == 2  # the sweep went on past the job that failed (bad input) in its own process
     parent = next(r for r in all_runs(store) if r.data.tags.get("fvexp.role") == "parent")
     assert parent.info.status == "FINISHED" and parent.data.tags["fvexp.jobs.failed"] == "1"
     done = module("compare", "--out", str(tmp_path / "compare"), cwd=tmp_path, store=store)

@@ -357,3 +357,64 @@ def test_each_claim_is_checked_beside_the_natural_photos_row() -> None:
     holds, numbers = claims.claim_enemy({"naive": {"high_frequency_energy": 0.6},
                                          "full": {"high_frequency_energy": 0.2}, claims.NATURAL: photos})
     assert holds and numbers.endswith("natural photos 0.055 with slope -2.27)")
+
+
+# --- issue 22: every tool answers --help, and refuses what it cannot use in one line ---
+
+@pytest.mark.parametrize("tool", ["compare", "reproduce", "claims", "layers", "server", "orphans"])
+def test_every_tool_answers_help_with_its_usage_and_makes_nothing(tool: str, tmp_path: Path, monkeypatch,
+                                                                  capsys) -> None:
+    # fvexp-layers took --help for an override: "LexerNoViableAltException: --help"
+    import importlib
+
+    monkeypatch.chdir(tmp_path)
+    main = importlib.import_module(f"fvexp.tools.{tool}").main
+    for flag in ("--help", "-h"):
+        with contextlib.suppress(SystemExit):
+            main([flag])
+        out = capsys.readouterr().out
+        assert out.startswith("usage: ") and "--help" not in out.splitlines()[-1], out[:300]
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_tool_given_an_unknown_model_option_lists_the_valid_ones() -> None:
+    # "unknown model option 'resnet'" and nothing more: no option looks like it
+    from fvexp.tools import layers
+
+    with pytest.raises(SystemExit) as exit:
+        layers.main(["model=resnet"])
+    options = sorted(path.stem for path in (ROOT / "conf" / "model").glob("*.yaml"))
+    assert exit.value.code == f"fvexp.layers: error: unknown model option 'resnet'; valid: {', '.join(options)}"
+
+
+def test_a_database_store_whose_driver_is_missing_is_one_line_naming_it(tmp_path: Path, monkeypatch) -> None:
+    # MLflow's 45-line traceback ending in "No module named 'MySQLdb'"
+    import importlib.util
+
+    from fvexp.tools import server
+
+    if importlib.util.find_spec("MySQLdb") or importlib.util.find_spec("pyodbc"):
+        pytest.skip("a MySQL or SQL Server driver is installed here")
+    monkeypatch.setattr(os, "execv", lambda *args: pytest.fail("mlflow server was started"))
+    for uri, message in (
+            ("mysql://fvexp:pw@127.0.0.1/fvexp", "a mysql store through mysql:// needs the MySQLdb driver, which is "
+                                                 "not installed: pip install mysqlclient"),
+            ("mssql://fvexp@db/fvexp", "a mssql store through mssql:// needs the pyodbc driver, which is not "
+                                       "installed: pip install pyodbc"),
+            ("mongodb://fvexp:pw@db/fvexp", "the backend store mongodb://fvexp:***@db/fvexp has a scheme MLflow "
+                                            "cannot store runs in; use postgresql://, mysql://, mssql:// or "
+                                            "sqlite:///FILE (or a folder)")):
+        with pytest.raises(SystemExit) as exit:
+            server.main(["--backend-store-uri", uri, "--artifacts-destination", str(tmp_path / "artifacts")])
+        assert exit.value.code == f"fvexp.server: error: {message}"
+
+
+def test_reproduce_refuses_fewer_than_one_thread(tmp_path: Path, monkeypatch, capsys) -> None:
+    # --threads 0 was taken as "as recorded"
+    monkeypatch.chdir(tmp_path)
+    for value in ("0", "-2"):
+        with pytest.raises(SystemExit) as exit:
+            reproduce.main(["abc123", "--threads", value])
+        assert exit.value.code == 2
+        assert capsys.readouterr().err.endswith(f"error: argument --threads: {value} is not allowed; give 1 or more\n")
+    assert list(tmp_path.iterdir()) == []

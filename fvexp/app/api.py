@@ -25,11 +25,12 @@ from omegaconf.errors import OmegaConfBaseException
 from torch import nn
 
 from fvexp.app.job import execute
+from fvexp.app.overrides import composition_error
 from fvexp.app.places import config_dir
 from fvexp.app.result import Job, Result
 from fvexp.app.schema import AtlasConfig, register
 from fvexp.errors import FvexpError, unknown
-from fvexp.optvis.models import LOGITS, FeatureModel, class_names
+from fvexp.optvis.models import LOGITS, FeatureModel, class_names, own_input_size
 from fvexp.optvis.objectives import Objective
 
 GROUPS = ("param", "transforms", "optimizer", "task")  # keywords that pick a config option by name
@@ -59,6 +60,12 @@ def visualize(model: nn.Module, objective: str | Objective, *, mean: Sequence[fl
     tracking URI. With `out_dir` the run folder is kept there (`image.png`, `metrics.json`, ...);
     without it, the images are only in the result.
     """
+    if not isinstance(model, nn.Module):
+        raise FvexpError(f"model must be a torch.nn.Module (a network in memory), not {_described(model)}; for a "
+                         "model by name use fvexp.run('model=torchvision', 'model.name=resnet18', ...)")
+    if not isinstance(objective, str | Objective):
+        raise FvexpError(f"objective must be 'layer:channel', 'logits:label' or an Objective (fvexp.optvis."
+                         f"objectives), not {_described(objective)}")
     unknown_keys = [k for k in settings if k not in (*GROUPS, *SHORT, *TOP)]
     if unknown_keys:
         raise unknown("setting", unknown_keys[0], [*GROUPS, *SHORT, *TOP],
@@ -78,7 +85,7 @@ def visualize(model: nn.Module, objective: str | Objective, *, mean: Sequence[fl
     names = class_names(classes) if isinstance(classes, str) else list(classes)
     with _borrowed(model):
         wrapped = model if isinstance(model, FeatureModel) else FeatureModel(
-            model, *_normalization(model, mean, std), names, logits_layer)
+            model, *_normalization(model, mean, std), names, logits_layer, input_size=own_input_size(model))
         cfg.model = {"in_memory": type(wrapped.net).__name__, "mean": wrapped.mean.flatten().tolist(),
                      "std": wrapped.std.flatten().tolist(), "logits_layer": wrapped.logits_layer,
                      "classes": list(wrapped.classes)}
@@ -100,7 +107,7 @@ def atlas(model: nn.Module, layer: str, folder: str | Path, *, overrides: Sequen
     """An activation atlas of `layer` over the images of `folder`: `task=atlas` on a network in memory.
 
     Keywords are the atlas's settings (`grid`, `per_image`, `samples`, `min_count`, `per_batch`,
-    `cossim_pow`, `class_filter`, `opacity`, `examples`, `dir`; see `fvexp.app.schema.AtlasConfig`)
+    `cossim_pow`, `whiten`, `class_filter`, `opacity`, `examples`, `dir`; see `fvexp.app.schema.AtlasConfig`)
     and `visualize`'s (`mean`, `std`, `classes`, `steps`, `size`, `track`, `out_dir`, ...). The
     result's `image` holds the rendered cells (one image per non-empty cell); with `out_dir`,
     `atlas.png`, `scatter.png` and `index.html` are written there. The sample, the layout and the
@@ -151,7 +158,7 @@ def _compose(overrides: list[str], hydra: bool = False) -> DictConfig:
         with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
             cfg = compose("config", overrides=overrides, return_hydra_config=hydra)
     except (HydraException, OmegaConfBaseException) as error:
-        raise FvexpError(one_line(error)) from None
+        raise composition_error(error) from None
     finally:
         if caller is not None:
             GlobalHydra.instance().initialize(caller)
@@ -180,14 +187,36 @@ def _objective_overrides(spec: str) -> list[str]:
 
 def _normalization(model: nn.Module, mean: Sequence[float] | None,
                    std: Sequence[float] | None) -> tuple[list[float], list[float]]:
-    """The input normalization, or none at all (mean 0, std 1) for as many channels as the network takes."""
+    """The input normalization, one value per channel the first convolution takes, or none at all (mean 0, std 1).
+
+    Checked here, where the argument can be named: a wrong count otherwise surfaces as a shape
+    error deep inside the network's first convolution.
+    """
     if (mean is None) != (std is None):
         raise FvexpError("give both mean and std (the network's input normalization), or neither")
-    if mean is not None and std is not None:
-        return list(mean), list(std)
     first = next((m for m in model.modules() if isinstance(m, nn.Conv2d | nn.Linear)), None)
-    channels = first.in_channels if isinstance(first, nn.Conv2d) else 3
-    return [0.0] * channels, [1.0] * channels
+    channels = first.in_channels if isinstance(first, nn.Conv2d) else None
+    if mean is None or std is None:
+        return [0.0] * (channels or 3), [1.0] * (channels or 3)
+    means, stds = _values("mean", mean), _values("std", std)
+    if len(means) != len(stds) or (channels is not None and len(means) != channels):
+        wanted = (f"the network's first convolution takes {channels}-channel images: give {channels} values each"
+                  if channels is not None else "give the same number of values for both, one per input channel")
+        given = (f"mean and std have {len(means)} value(s) each" if len(means) == len(stds)
+                 else f"mean has {len(means)} value(s) and std {len(stds)}")
+        raise FvexpError(f"{given}; {wanted} (or neither, for images in [0, 1] as they are)")
+    if min(stds) <= 0:
+        raise FvexpError(f"std={stds}: every value must be above 0 (the input is divided by it)")
+    return means, stds
+
+
+def _values(name: str, value: object) -> list[float]:
+    """`value` as a list of numbers, or an error naming the argument."""
+    try:
+        return [float(v) for v in value]  # type: ignore[attr-defined]
+    except (TypeError, ValueError):
+        raise FvexpError(f"{name} must be a list of numbers, one per input channel of the network, e.g. "
+                         f"[0.485, 0.456, 0.406]; got {value!r:.60}") from None
 
 
 @contextlib.contextmanager
@@ -224,3 +253,8 @@ def _device_of(model: nn.Module) -> str:
     """Where the model lives, so that a visualization never moves a user's network."""
     tensor = next(itertools.chain(model.parameters(), model.buffers()), None)
     return "cpu" if tensor is None else str(tensor.device)
+
+
+def _described(value: object) -> str:
+    """What was passed instead, in a few words: "the function 'f'", "the str 'resnet18'"."""
+    return f"the {type(value).__name__} {repr(getattr(value, '__name__', value))[:60]}"

@@ -15,6 +15,8 @@ from __future__ import annotations
 import hashlib
 import html
 import json
+import math
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -36,6 +38,7 @@ from fvexp.optvis import atlas as lib
 from fvexp.optvis.data import fingerprint, open_image, scan
 from fvexp.optvis.examples import crop_box, receptive_field
 from fvexp.optvis.images import to_pil
+from fvexp.optvis.metrics import high_frequency_energy
 from fvexp.optvis.models import FeatureModel
 from fvexp.optvis.objectives import Objective, class_index, direction, per_image
 from fvexp.optvis.render import render
@@ -52,6 +55,8 @@ def atlas(cfg: DictConfig, model: FeatureModel, job: Job, tracker: Recorder) -> 
     if not layer:
         raise FvexpError("task=atlas needs a layer: objective.layer=NAME (fvexp-layers lists them), e.g. "
                          "objective.layer=_blocks.8")
+    model.layer(layer)  # an unknown layer is refused before anything is made for it
+    fillable(cfg.task.samples, cfg.task.per_image, cfg.task.grid)  # before the sampling's minutes
     files = scan(cfg.data.dir)
     transforms = build(cfg.transforms)
 
@@ -60,8 +65,7 @@ def atlas(cfg: DictConfig, model: FeatureModel, job: Job, tracker: Recorder) -> 
         return per_image([direction(layer, [1.0] * width, cfg.task.cossim_pow)] * n)
 
     size = per_batch(cfg, model, transforms, probe_objective, cfg.task.grid**2)
-    folder = atlas_dir(cfg, layer, files, size)
-    folder.mkdir(parents=True, exist_ok=True)
+    folder = atlas_dir(cfg, layer, files, size)  # made by the first file kept in it: a failed start leaves none
     tracker.set_tags({"fvexp.atlas": str(folder.resolve()), "fvexp.per_batch": str(size)})
     seconds: dict[str, float] = {}
     sample = timed(seconds, "sample", lambda: kept(folder / "sample.npz", lib.Sample.load, lambda s, p: s.save(p),
@@ -69,20 +73,24 @@ def atlas(cfg: DictConfig, model: FeatureModel, job: Job, tracker: Recorder) -> 
                                                                       cfg.task.per_image, cfg.task.samples,
                                                                       cfg.data.batch_size, cfg.data.workers,
                                                                       cfg.seed, cfg.progress)))
+    whiten = lib.whitening(sample.vectors) if cfg.task.whiten else None  # over the whole sample, before a filter
     label = class_index(cfg.task.class_filter, model.classes) if cfg.task.class_filter is not None else None
     if label is not None:
         sample = sample.keep(np.flatnonzero(sample.predicted[sample.image] == label))
         if not len(sample.vectors):
             raise FvexpError(f"task.class_filter={cfg.task.class_filter}: no sampled image of data.dir is predicted "
                              "as that class; choose a class the scatter of an unfiltered atlas shows")
-    lib.enough(len(sample.vectors), cfg.task.grid)  # before the layout's minute, not after it
+    enough(cfg, sample, len(files), label is not None)  # before the layout's minute, not after it
     xy = timed(seconds, "layout", lambda: kept(folder / "layout.npy", np.load, lambda a, p: np.save(p, a),
                                                lambda: laid_out(sample.vectors, cfg.seed, cfg.progress)))
     cells = lib.cells(xy, sample.vectors, cfg.task.grid, cfg.task.min_count)
     started = time.perf_counter()
-    interrupted = render_cells(cfg, model, transforms, size, tracker, folder, layer, cells)
+    interrupted = render_cells(cfg, model, transforms, size, tracker, folder, layer, cells, whiten)
     seconds["render"] = time.perf_counter() - started
     shown = [c for c in cells if finished(folder, c)]
+    if interrupted:
+        print(f"fvexp: interrupted: {len(shown)} of {len(cells)} cells are done and kept in {folder}; run the same "
+              "command again to go on from there", file=sys.stderr)
     paths = timed(seconds, "write", lambda: write(cfg, model, folder, job.out_dir, layer, sample, xy, shown, label))
     images = torch.stack([open_image(image_path(folder, c), cfg.render.size) for c in shown]) if shown else None
     own = lib.excitation(model, layer, images, torch.from_numpy(np.stack([c.direction for c in shown])),
@@ -91,6 +99,8 @@ def atlas(cfg: DictConfig, model: FeatureModel, job: Job, tracker: Recorder) -> 
                "atlas.images": int((sample.predicted >= 0).sum()),
                "atlas.own_direction_share": float((own.argmax(1) == torch.arange(len(own))).float().mean())
                if len(own) else 0.0,
+               "atlas.high_frequency_energy": float(np.median([high_frequency_energy(i[None]) for i in images]))
+               if shown else 0.0,
                **{f"atlas.seconds.{phase}": value for phase, value in seconds.items()}}
     (job.out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
     tracker.log_metrics(metrics)
@@ -105,10 +115,45 @@ def atlas_dir(cfg: DictConfig, layer: str, files: list[Path], per_batch: int) ->
     if cfg.task.dir:
         return Path(cfg.task.dir)
     root = Path(cfg.data.dir).expanduser().absolute()
-    task = {key: cfg.task[key] for key in ("grid", "per_image", "samples", "min_count", "cossim_pow", "class_filter")}
+    task = {key: cfg.task[key] for key in ("grid", "per_image", "samples", "min_count", "cossim_pow", "class_filter",
+                                           "whiten")}
     settings = [digest(cfg, per_batch), task, cfg.data.size, fingerprint(root, files)]
     key = hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:12]
     return launch_dir() / "outputs" / "atlas" / f"{layer}-{key}"
+
+
+def fillable(samples: int, per_image: int, grid: int) -> None:
+    """Refuse a `task.samples` that cannot fill the grid whatever the folder holds: it alone bounds the sample."""
+    most = math.ceil(samples / per_image) * per_image  # `lib.choose` reads samples/per_image images, rounded up
+    if most < grid * grid:
+        raise FvexpError(f"task.samples={samples} gives at most {most} activation vectors, too few for a "
+                         f"task.grid={grid} atlas ({grid * grid} cells) whatever data.dir holds; use "
+                         f"task.samples={grid * grid} or more, or task.grid={max(1, math.isqrt(most))} or less")
+
+
+def enough(cfg: DictConfig, sample: lib.Sample, images: int, filtered: bool) -> None:
+    """Refuse a sample smaller than the grid, naming the limit that binds and only the changes that lift it.
+
+    Of a folder larger than samples/per_image images, only that many are read: `task.samples`
+    binds, and neither more images nor a larger `task.per_image` would add a vector. A folder read
+    whole binds by its images, and by `task.per_image` while it is below the positions of a map.
+    """
+    count, grid = len(sample.vectors), cfg.task.grid
+    if count >= grid * grid:
+        return
+    read, places = len(sample.files), int(np.prod(sample.map_size))
+    if read < images:
+        limit = f"task.samples={cfg.task.samples} binds (it reads {read} of data.dir's {images} images)"
+        lift = f"task.samples={math.ceil(cfg.task.samples * grid * grid / max(count, 1))} or more"
+        if count * images < grid * grid * read:  # even read whole, the folder would not fill the grid
+            lift += f" and more images in data.dir (read whole, it would give about {count * images // read})"
+    else:
+        limit = f"data.dir binds (all its {int((sample.predicted >= 0).sum())} readable images are sampled)"
+        lift = "more images in data.dir" + (f", or task.per_image up to {places} (the positions of a map of "
+                                            f"{cfg.objective.layer})" if cfg.task.per_image < places else "")
+    which = f" of images predicted as {cfg.task.class_filter}" if filtered else ""
+    raise FvexpError(f"the sample has {count} activation vectors{which}, too few for a task.grid={grid} atlas "
+                     f"({grid * grid} cells); {limit}: use task.grid={max(1, math.isqrt(count))} or less, or {lift}")
 
 
 def timed(seconds: dict[str, float], phase: str, work: Callable[[], T]) -> T:
@@ -123,6 +168,7 @@ def kept(path: Path, load: Callable[[Path], T], save: Callable[[T, Path], None],
     if path.exists():
         return load(path)
     made = make()
+    path.parent.mkdir(parents=True, exist_ok=True)
     partial = path.with_name(f"partial-{path.name}")  # published whole, so a crash never leaves half a file
     save(made, partial)
     partial.rename(path)
@@ -138,8 +184,11 @@ def laid_out(vectors: np.ndarray, seed: int, progress: bool) -> np.ndarray:
 
 
 def render_cells(cfg: DictConfig, model: FeatureModel, transforms: Compose, per_batch: int, tracker: Recorder,
-                 folder: Path, layer: str, cells: list[lib.Cell]) -> bool:
-    """Render the cells not yet finished, `per_batch` per optimization; True if interrupted."""
+                 folder: Path, layer: str, cells: list[lib.Cell], whiten: np.ndarray | None) -> bool:
+    """Render the cells not yet finished, `per_batch` per optimization; True if interrupted.
+
+    `whiten` (`lib.whitening`'s S, or None) maps each cell's direction to the one its image maximizes.
+    """
     groups = [cells[i : i + per_batch] for i in range(0, len(cells), per_batch)]
     done = sum(len(g) for g in groups if all(finished(folder, c) for c in g))
     if done:
@@ -148,7 +197,7 @@ def render_cells(cfg: DictConfig, model: FeatureModel, transforms: Compose, per_
     try:
         for number, group in enumerate(groups):
             if not all(finished(folder, c) for c in group):
-                if not render_group(cfg, model, transforms, tracker, folder, layer, number, group):
+                if not render_group(cfg, model, transforms, tracker, folder, layer, number, group, whiten):
                     return True
                 bar.update(len(group))
     except KeyboardInterrupt:  # between two batches' optimizations: the finished ones are kept all the same
@@ -159,9 +208,10 @@ def render_cells(cfg: DictConfig, model: FeatureModel, transforms: Compose, per_
 
 
 def render_group(cfg: DictConfig, model: FeatureModel, transforms: Compose, tracker: Recorder, folder: Path,
-                 layer: str, number: int, group: list[lib.Cell]) -> bool:
-    """Optimize image i of one batch for cell i's direction and keep the batch; False if interrupted."""
-    main = per_image([direction(layer, c.direction.tolist(), cfg.task.cossim_pow) for c in group])
+                 layer: str, number: int, group: list[lib.Cell], whiten: np.ndarray | None) -> bool:
+    """Optimize image i of one batch for cell i's (whitened) direction and keep the batch; False if interrupted."""
+    aims = [c.direction if whiten is None else whiten @ c.direction for c in group]
+    main = per_image([direction(layer, aim.tolist(), cfg.task.cossim_pow) for aim in aims])
     objective = build_objective(cfg, main)
     check_fits(model, objective, transforms, cfg.render.size)
     torch.manual_seed(cfg.seed + number)

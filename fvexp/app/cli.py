@@ -7,26 +7,31 @@ input, 130 interrupted by Ctrl-C, 143 stopped by SIGTERM (`timeout`, SLURM's tim
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import sys
-import tempfile
+import warnings
 from pathlib import Path
 from types import FrameType
+from typing import TextIO
 
 import hydra
+import yaml
 from hydra._internal.hydra import Hydra
 from hydra.core.hydra_config import HydraConfig
+from hydra.errors import HydraException
 from hydra.types import RunMode
-from omegaconf import DictConfig
+from omegaconf import DictConfig, open_dict
+from omegaconf.errors import OmegaConfBaseException
 
+from fvexp.app.outcome import exit_codes, record, shared_file, sweep_key
+from fvexp.app.overrides import composition_error
 from fvexp.app.places import config_dir
-from fvexp.app.schema import register
+from fvexp.app.schema import register, validate
 from fvexp.credentials import redact
-from fvexp.errors import FvexpError
+from fvexp.errors import FvexpError, FvexpWarning
 
-JOBS_FILE = "jobs.json"  # the sweep's job counts by status, written beside its jobs by the sweep callback
+PYTHON_SHOWWARNING = warnings.showwarning  # how Python shows the warnings that are not fvexp's
 
 
 class Stop:
@@ -86,16 +91,6 @@ class Stop:
         return 128 + (self.signal or signal.SIGINT)
 
 
-def shared_file(name: str, pid: int | None = None) -> Path:
-    """A file the processes of one command share, named after its main process: a stopped sweep, its job counts."""
-    return Path(tempfile.gettempdir()) / f"fvexp-{pid or os.getpid()}-{name}"
-
-
-def sweep_stopped() -> bool:
-    """In the command's main process: whether a signal stopped it (for the sweep's parent run)."""
-    return Stop().marker.exists()
-
-
 def child_processes() -> list[int]:
     """The processes this one started (Linux: from /proc), which run a sweep's jobs under joblib."""
     children = []
@@ -119,17 +114,13 @@ def catches_sigterm(pid: int) -> bool:
     return bool(int(caught.split()[1], 16) >> (signal.SIGTERM - 1) & 1)
 
 
-def sweep_key(hydra_node: DictConfig) -> str:
-    """The sweep folder as an absolute path (from Hydra's node): the same for every job of one sweep."""
-    return str((Path(hydra_node.runtime.cwd) / hydra_node.sweep.dir).resolve())
-
-
 def run_job(cfg: DictConfig, stop: Stop) -> int:
     """Hydra's job: run, print the image path last, and return the process exit code."""
     from fvexp.app.job import execute  # torch only when a job really runs: `fvexp --help` stays fast
     from fvexp.app.result import Job, Result
 
     stop.install()  # in this process: a job of a joblib sweep runs in a worker
+    warnings.showwarning = show_warning
     stopped = stop.stopped_before()
     if stopped is not None:
         return stopped  # the sweep was stopped: a worker starts no new job
@@ -147,6 +138,8 @@ def run_job(cfg: DictConfig, stop: Stop) -> int:
         result = execute(cfg, job)
     except FvexpError as error:
         print(f"fvexp: error: {error}", file=sys.stderr)
+        if sweep:
+            record(out_dir, "FAILED", 2, str(error))
         return 2
     except KeyboardInterrupt:  # stopped before the optimization began: there is no image yet
         result = Result(None, status="KILLED")
@@ -156,11 +149,21 @@ def run_job(cfg: DictConfig, stop: Stop) -> int:
         print(result.path)
     if result.error:
         print(f"fvexp: error: {result.error}", file=sys.stderr)
-    if result.status != "KILLED":
-        return result.exit_code
-    if sweep and not stop.in_worker:
-        raise KeyboardInterrupt  # this job is saved; the signal also stops the rest of the sweep
-    return stop.exit_code
+    code = stop.exit_code if result.status == "KILLED" else result.exit_code
+    if sweep:
+        record(out_dir, result.status, code, result.error)
+        if result.status == "KILLED" and not stop.in_worker:
+            raise KeyboardInterrupt  # this job is saved; the signal also stops the rest of the sweep
+    return code
+
+
+def show_warning(message: Warning | str, category: type[Warning], filename: str, lineno: int,
+                 file: TextIO | None = None, line: str | None = None) -> None:
+    """fvexp's own warnings as one `fvexp: warning:` line, as its errors are; others as Python shows them."""
+    if issubclass(category, FvexpWarning):
+        print(f"fvexp: warning: {message}", file=sys.stderr)
+    else:
+        PYTHON_SHOWWARNING(message, category, filename, lineno, file, line)
 
 
 def redact_saved_configs(folder: Path | None) -> None:
@@ -195,6 +198,29 @@ def compose_once(config_name: str = "config") -> None:
     Hydra.get_mode = get_mode  # type: ignore[method-assign]
 
 
+def check_before_showing() -> None:
+    """`fvexp --cfg job` refuses what a run would refuse (a range, a missing value) instead of printing it.
+
+    Hydra prints the config without running a job, so the checks of `validate` that run before
+    every job are run here on the same composition. `Hydra.show_cfg` is private; hydra-core is
+    pinned (pyproject.toml), and tests/test_inputs.py checks `--cfg job` with a bad value.
+    """
+    if getattr(Hydra.show_cfg, "validates", False):
+        return
+    show = Hydra.show_cfg
+
+    def show_cfg(self: Hydra, config_name: str | None, overrides: list[str], cfg_type: str, package: str | None,
+                 resolve: bool = False) -> None:
+        cfg = self.compose_config(config_name, overrides, run_mode=RunMode.RUN, with_log_configuration=False)
+        with open_dict(cfg):
+            del cfg["hydra"]
+        validate(cfg)
+        show(self, config_name, overrides, cfg_type, package, resolve)
+
+    show_cfg.validates = True  # type: ignore[attr-defined]
+    Hydra.show_cfg = show_cfg  # type: ignore[method-assign]
+
+
 def main() -> None:
     """Run the command; in a sweep, jobs that ran in other processes are counted from the sweep's `jobs.json`."""
     codes: list[int] = []  # one per job run in this process; a sweep goes on past a failed job
@@ -202,9 +228,17 @@ def main() -> None:
     stop.install()
     register()
     compose_once()
+    check_before_showing()
+    full_error = bool(os.environ.get("HYDRA_FULL_ERROR"))  # the user asked for Hydra's tracebacks
+    os.environ["HYDRA_FULL_ERROR"] = "1"  # Hydra raises what it would print, and fvexp says it in one line
     try:
         hydra.main(version_base="1.3", config_path=str(config_dir()), config_name="config")(
             lambda cfg: codes.append(run_job(cfg, stop)))()
+    except (FvexpError, HydraException, OmegaConfBaseException, yaml.YAMLError, OSError) as error:
+        if full_error:
+            raise
+        print(f"fvexp: error: {error if isinstance(error, FvexpError) else bad_input(error)}", file=sys.stderr)
+        sys.exit(2)
     except KeyboardInterrupt:  # the jobs kept their images; a sweep's parent run is ended at exit
         sys.exit(stop.exit_code)
     except SystemExit:  # Hydra's report of a worker that the signal ended while it was starting
@@ -213,15 +247,19 @@ def main() -> None:
         sys.exit(stop.exit_code)
     finally:
         stop.clear()
-    outside = outside_codes()  # read (and removed) also when every job ran here
+    outside = exit_codes()  # of jobs that ran in other processes; read (and removed) also when all ran here
     sys.exit(stop.exit_code if stop.signal else max(codes or outside, default=0))
 
 
-def outside_codes() -> list[int]:
-    """Exit codes of a sweep whose jobs ran elsewhere (joblib, Ray, SLURM), from the counts its callback left."""
-    counts = shared_file(JOBS_FILE)
-    if not counts.exists():
-        return []
-    jobs = json.loads(counts.read_text())
-    counts.unlink()
-    return [code for status, code in (("FAILED", 1), ("KILLED", 130)) if jobs.get(status)]
+def bad_input(error: Exception) -> str:
+    """What Hydra raised before any job ran, as one line: a config file that is not YAML, a folder that
+    cannot be made, an override that does not apply (an unknown key or option: the closest valid ones)."""
+    marked = next((e for e in (error, error.__cause__, error.__context__) if isinstance(e, yaml.MarkedYAMLError)), None)
+    if marked is not None and marked.problem_mark is not None:
+        mark = marked.problem_mark
+        return (f"{mark.name} is not valid YAML: {marked.problem} at line {mark.line + 1}, column {mark.column + 1}; "
+                "fix the file, or leave it out of --config-dir")
+    if isinstance(error, HydraException | OmegaConfBaseException):  # a missing option is an IOError too
+        return str(composition_error(error))
+    return (f"cannot write the run folder {error.filename}: {error.strerror}; choose another hydra.run.dir "
+            "(or hydra.sweep.dir), one you can write, with names the filesystem accepts")

@@ -19,6 +19,7 @@ import html
 import io
 import json
 import re
+import sys
 from dataclasses import replace
 from pathlib import Path
 
@@ -75,6 +76,9 @@ def gallery(cfg: DictConfig, model: FeatureModel, job: Job, tracker: Recorder) -
     except KeyboardInterrupt:  # between two batches' optimizations: what is finished is kept all the same
         interrupted = True
     shown = [c for c in channels if finished(folder, c)]
+    if interrupted:
+        print(f"fvexp: interrupted: {len(shown)} of {len(channels)} channels are done and kept in {folder}; run the "
+              "same command again to go on from there", file=sys.stderr)
     metrics = {"gallery.channels": len(shown), "gallery.channels_requested": len(channels)}
     tops: dict[int, Strip] = {}
     if cfg.data.dir and shown and not interrupted:  # a pass over a large folder is not what Ctrl-C asked for

@@ -7,6 +7,7 @@ command line (`fvexp.app.cli`) and the Python API (`fvexp.app.api`) both run job
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import socket
@@ -34,6 +35,7 @@ from fvexp.app.build import (
     resolve_device,
 )
 from fvexp.app.gallery import gallery
+from fvexp.app.keeping import Keeper
 from fvexp.app.measure import Measurer
 from fvexp.app.priors import prior_tags, train_prior, with_data_terms
 from fvexp.app.recorder import Guarded, Recorder
@@ -61,7 +63,10 @@ def execute(cfg: DictConfig, job: Job) -> Result:
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     device = resolve_device(cfg.device)
-    job.out_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        job.out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as error:  # e.g. out_dir under a file, from Python
+        raise FvexpError(unwritable(error)) from None
     settings = OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
     built: Recorder = build(cfg.tracking)
     tracker = Guarded(built, getattr(built, "on_error", "warn"), redact(str(getattr(built, "uri", ""))))
@@ -84,12 +89,28 @@ def execute(cfg: DictConfig, job: Job) -> Result:
     except KeyboardInterrupt:
         tracker.finish("KILLED", "interrupted")
         raise
+    except OSError as error:
+        if error.errno not in UNWRITABLE:
+            tracker.finish("FAILED", f"{type(error).__name__}: {error}")
+            raise
+        tracker.finish("FAILED", unwritable(error))
+        raise FvexpError(unwritable(error)) from None
     except Exception as error:
         tracker.finish("FAILED", str(error) if isinstance(error, FvexpError) else f"{type(error).__name__}: {error}")
         raise
     tracker.finish(result.status, result.error)
     result.run_id = tracker.run_id
     return result
+
+
+UNWRITABLE = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.ENAMETOOLONG, errno.ENOTDIR,
+              errno.EEXIST, errno.EFBIG)  # a folder that cannot take the run's files: the user's to fix
+
+
+def unwritable(error: OSError) -> str:
+    """A write that failed for a reason of the folder's (full, read-only, a name too long) as one line."""
+    return (f"cannot write {error.filename or 'the run folder'} ({error.strerror or error}); free space there, or "
+            "choose a folder you can write (hydra.run.dir, or out_dir from Python)")
 
 
 def render_task(cfg: DictConfig, model: FeatureModel, job: Job, tracker: Recorder) -> Result:
@@ -100,12 +121,15 @@ def render_task(cfg: DictConfig, model: FeatureModel, job: Job, tracker: Recorde
     transforms = build(cfg.transforms)
     check_fits(model, objective, transforms, cfg.render.size)
     param = build_param(cfg, model, cfg.render.batch)
+    measurer = Measurer(cfg, model)
     if cfg.param.init in ("dataset_examples", "image"):
         tracker.log_metrics(start_from(cfg, model, main, param, job.out_dir))
         tracker.log_file(job.out_dir / "init.json")
 
+    folder = Keeper(job.out_dir)
+
     def keep(step: int, images: Tensor) -> None:
-        save(images, job.out_dir / "steps" / f"step_{step:05d}.png")
+        folder.write(lambda: save(images, job.out_dir / "steps" / f"step_{step:05d}.png"))
         tracker.log_image(picture(images), step)
 
     started = time.perf_counter()
@@ -114,24 +138,31 @@ def render_task(cfg: DictConfig, model: FeatureModel, job: Job, tracker: Recorde
                           thresholds=thresholds(cfg), on_step=tracker.log_step, on_threshold=keep,
                           progress=cfg.progress)
     except NonFiniteObjective as error:
-        kept = save(error.image, job.out_dir / "image.png")
+        last = error.image
+        kept = folder.final(lambda: save(last, job.out_dir / "image.png"), tracker.run_id is not None)
         tracker.log_file(kept)
         return Result(error.image, error.values, path=kept, status="FAILED", error=str(error))
     seconds = time.perf_counter() - started
-    image = save(rendered.image, job.out_dir / "image.png")
+    image = folder.final(lambda: save(rendered.image, job.out_dir / "image.png"), tracker.run_id is not None)
     tracker.log_file(image)
     values = rendered.values
     metrics = {"objective_final": values[-1] if values else float("nan"), "steps_done": len(values),
                "seconds_per_step": seconds / max(1, len(values)),
                **quality(model, main, rendered.image, values, cfg.seed, gram_layer(cfg, main))}
-    measurer = Measurer(cfg, model)
     metrics |= measurer.transfer(main, rendered.image)
-    (job.out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    folder.write(lambda: write_metrics(job.out_dir, metrics))
     tracker.log_metrics(metrics)
     if cfg.data.dir and main.unit:
         metrics |= examples_beside(cfg, model, main, job.out_dir, tracker, rendered.image, measurer)[1]
-        (job.out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+        folder.write(lambda: write_metrics(job.out_dir, metrics))
     return Result(rendered.image, values, metrics, image, "KILLED" if rendered.interrupted else "FINISHED")
+
+
+def write_metrics(out_dir: Path, metrics: dict[str, float]) -> Path:
+    """`metrics.json` of the run folder: the numbers MLflow also gets, for scripts that read folders."""
+    path = out_dir / "metrics.json"
+    path.write_text(json.dumps(metrics, indent=2) + "\n")
+    return path
 
 
 def examples_task(cfg: DictConfig, model: FeatureModel, job: Job, tracker: Recorder) -> Result:

@@ -15,35 +15,44 @@ from fvexp.app.build import build
 from fvexp.errors import FvexpError
 from fvexp.optvis.examples import Activations
 from fvexp.optvis.interpretability import Judge, Measures, interpretability, transferability
-from fvexp.optvis.models import LOGITS, FeatureModel, efficientnet_lite, imagenet_classes
+from fvexp.optvis.models import LOGITS, FeatureModel, efficientnet_lite, imagenet_classes, weights_file
 from fvexp.optvis.objectives import Objective, Unit
 
 
-def held_out(variant: str, model: FeatureModel, key: str) -> FeatureModel:
-    """EfficientNet-Lite `variant` on the model's device, refused if it is the network being explained."""
-    network = efficientnet_lite(variant).to(model.device)
-    if model.weights_path and network.weights_path == model.weights_path:
-        raise FvexpError(f"{key}={variant} is the network being explained; a held-out network must differ from it: "
-                         "use lite1 or lite2 for EfficientNet-Lite0")
-    return network
-
-
 class Measurer:
-    """The judge and the transfer networks of a job, loaded when first needed."""
+    """The judge and the transfer networks of a job, checked when the job starts and loaded when first needed.
+
+    The measures are extras the user did not ask for by name: one that cannot be computed (a folder
+    too small for the interpretability score) is skipped with one warning and the run goes on. What
+    the settings alone decide (a held-out network that is the explained one) is refused at once,
+    before the render.
+    """
 
     def __init__(self, cfg: DictConfig, model: FeatureModel) -> None:
         self.cfg, self.model = cfg, model
         self.measures: Measures = build(cfg.measure)
         self._judge: Judge | None = None
+        self.skipped = False  # the interpretability score could not be computed (said once)
+        for key, variants in (("measure.judge", [self.measures.judge] if self.measures.judge else []),
+                              ("measure.transfer", self.measures.transfer)):
+            for variant in variants:
+                if model.weights_path and weights_file(variant) == model.weights_path:
+                    raise FvexpError(f"{key}={variant} is the network being explained; a held-out network must "
+                                     "differ from it: use lite1 or lite2 for EfficientNet-Lite0")
 
     def unit(self, images: Tensor, acts: Activations, unit: Unit, crop: int | None) -> dict[str, float]:
-        """The 2-AFC interpretability of `images` for `unit` over the folder of `acts` (empty: no judge)."""
-        if not self.measures.judge:
+        """The 2-AFC interpretability of `images` for `unit` over the folder of `acts` (empty: no judge, or skipped)."""
+        if not self.measures.judge or self.skipped:
             return {}
         if self._judge is None:
-            self._judge = Judge(held_out(self.measures.judge, self.model, "measure.judge"), size=self.cfg.data.size)
-        return interpretability(self._judge, images, acts, unit, self.cfg.data.size, crop, self.measures,
-                                self.cfg.seed)
+            self._judge = Judge(efficientnet_lite(self.measures.judge).to(self.model.device), size=self.cfg.data.size)
+        try:
+            return interpretability(self._judge, images, acts, unit, self.cfg.data.size, crop, self.measures,
+                                    self.cfg.seed)
+        except FvexpError as error:
+            self.skipped = True
+            print(f"fvexp: warning: interpretability score skipped: {error}", file=sys.stderr)
+            return {}
 
     def transfer(self, main: Objective, images: Tensor) -> dict[str, float]:
         """Transferability of a class objective's images to the held-out ImageNet classifiers (empty otherwise)."""
@@ -54,5 +63,5 @@ class Measurer:
             print("fvexp: transferability skipped: the held-out networks classify ImageNet, and this model's "
                   "classes are others", file=sys.stderr)
             return {}
-        networks = {variant: held_out(variant, self.model, "measure.transfer") for variant in self.measures.transfer}
+        networks = {variant: efficientnet_lite(variant).to(self.model.device) for variant in self.measures.transfer}
         return transferability(networks, images, unit.channel)

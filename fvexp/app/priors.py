@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import copy
 import json
+import sys
 import time
 from pathlib import Path
 
@@ -48,12 +49,15 @@ def train_prior(cfg: DictConfig, model: FeatureModel, job: Job, tracker: Recorde
     started = time.perf_counter()
     net = priors.train(train_images if len(train_images) else images, seed=cfg.seed, on_step=on_step, **settings)
     seconds = time.perf_counter() - started
+    partial = stopped(net, settings["steps"])
+    losses = losses[: net.steps_done]  # a step interrupted after its loss was read is not in the weights
     tail = losses[-max(1, len(losses) // 10):]
     metrics = {"train_loss": sum(tail) / len(tail), "train_loss_first": losses[0], "train_seconds": seconds,
-               "train_images": len(images), "held_out_psnr": priors.denoising_psnr(net, held_out, settings["noise"]),
+               "train_images": len(images), "train_steps": net.steps_done,
+               "held_out_psnr": priors.denoising_psnr(net, held_out, settings["noise"]),
                "held_out_noisy_psnr": priors.denoising_psnr(torch.nn.Identity(), held_out, settings["noise"])}
-    path = priors.save(net, job.out_dir / "prior.pt", cfg.data.size,
-                       {"data.dir": str(cfg.data.dir), "images": len(images), **metrics})
+    path = priors.save(net, job.out_dir / "prior.pt", cfg.data.size, {"data.dir": str(cfg.data.dir),
+                                                                      "images": len(images), **partial, **metrics})
     (job.out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
     sheet = job.out_dir / "denoised.png"
     with torch.no_grad():
@@ -63,10 +67,26 @@ def train_prior(cfg: DictConfig, model: FeatureModel, job: Job, tracker: Recorde
                  for x, label in zip(row, ("held-out photo", "with noise", "denoised"), strict=True)]
     contact_sheet(cells, columns=3, side=160).save(sheet)
     tracker.log_metrics(metrics)
-    tracker.set_tags({"prior.sha256": sha256(path)})
+    tracker.set_tags({"prior.sha256": sha256(path), **partial})
     for file in (path, sheet, job.out_dir / "metrics.json"):
         tracker.log_file(file)
-    return Result(None, losses, metrics, path)
+    return Result(None, losses, metrics, path, "KILLED" if partial else "FINISHED")
+
+
+def stopped(net: priors.Autoencoder, steps: int) -> dict[str, str]:
+    """`{"prior.partial": ...}` for a training that Ctrl-C or SIGTERM ended early, said on stderr; else nothing.
+
+    The network of the last whole step is a usable prior, kept as a render keeps its last image;
+    the mark, in the file's `meta` and in the run's tags, says it is not the prior that was asked
+    for. Stopped before the first step, there is nothing to keep: the run ends KILLED without a file.
+    """
+    if net.steps_done == steps:
+        return {}
+    if not net.steps_done:
+        raise KeyboardInterrupt
+    print(f"fvexp: interrupted at step {net.steps_done} of {steps}; keeping the prior as it was after that step, "
+          "marked partial", file=sys.stderr)
+    return {"prior.partial": f"stopped after step {net.steps_done} of {steps}"}
 
 
 def folder_images(cfg: DictConfig) -> torch.Tensor:

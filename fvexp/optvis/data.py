@@ -104,7 +104,10 @@ def open_image(file: Path, size: int) -> Tensor | None:
 
     Images larger than PIL decodes (twice `Image.MAX_IMAGE_PIXELS`, its decompression-bomb guard) are
     not decoded; those between the two limits are, without PIL's warning for each.
+    A named pipe or a device is not opened (reading one blocks or never ends): it counts as unreadable.
     """
+    if not file.is_file():
+        return None
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)

@@ -20,6 +20,8 @@ import hashlib
 import json
 import os
 import shutil
+import tempfile
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -31,7 +33,7 @@ from PIL import Image
 from torch import Tensor
 from tqdm import tqdm
 
-from fvexp.errors import FvexpError
+from fvexp.errors import FvexpError, FvexpWarning
 from fvexp.optvis.data import PREPROCESSING, batches, fingerprint, open_image, scan
 from fvexp.optvis.images import contact_sheet, histogram, stack, to_pil
 from fvexp.optvis.models import FeatureModel
@@ -98,18 +100,36 @@ def activations(model: FeatureModel, unit: Unit, data: Any, model_key: str, cach
     key = hashlib.sha256(json.dumps([model_key, unit.layer, reduction, fingerprint(root, files), PREPROCESSING,
                                      data.size]).encode()).hexdigest()[:20]
     folder = cache_dir / f"{unit.layer}-{key}"
-    if not (folder / "meta.json").exists():
+    if (folder / "meta.json").exists():
+        try:
+            return _read(folder, root, files, data.dir, cached=True)
+        except (OSError, ValueError, KeyError) as error:  # truncated by a full disk, or edited by hand
+            warnings.warn(f"the cached activations {folder} are damaged ({error}); they are discarded and computed "
+                          "again", FvexpWarning, stacklevel=2)
+            shutil.rmtree(folder, ignore_errors=True)
+    try:
         _compute(model, unit, files, data, folder, progress)
-        cached = False
-    else:
-        cached = True
+    except OSError as error:  # a cache folder that cannot be written costs the cache, not the run
+        warnings.warn(f"cannot write the activation cache in {cache_dir} ({error.strerror or error}); the activations "
+                      "are computed without caching", FvexpWarning, stacklevel=2)
+        with tempfile.TemporaryDirectory(prefix="fvexp-activations-") as temporary:
+            _compute(model, unit, files, data, Path(temporary) / folder.name, progress)
+            return _read(Path(temporary) / folder.name, root, files, data.dir, cached=False, in_memory=True)
+    return _read(folder, root, files, data.dir, cached=False)
+
+
+def _read(folder: Path, root: Path, files: list[Path], where: str, cached: bool,
+          in_memory: bool = False) -> Activations:
+    """The activations kept in `folder`, memory-mapped (or read whole, for a folder about to be removed)."""
     meta = json.loads((folder / "meta.json").read_text())
-    values = np.load(folder / "values.npy", mmap_mode="r")
+    mode = None if in_memory else "r"
+    values, positions = np.load(folder / "values.npy", mmap_mode=mode), np.load(folder / "where.npy", mmap_mode=mode)
+    if len(values) != len(files) or len(positions) != len(files) or meta["files"] != len(files):
+        raise ValueError(f"{len(values)} rows for {len(files)} files")
     if np.isnan(values[:, 0]).all():
-        raise FvexpError(f"none of the {len(files)} image files under data.dir={data.dir!r} could be read as an "
+        raise FvexpError(f"none of the {len(files)} image files under {where!r} could be read as an "
                          "image; check that they are .jpg, .png or .webp images")
-    return Activations(root, files, values, np.load(folder / "where.npy", mmap_mode="r"), tuple(meta["map_size"]),
-                       cached)
+    return Activations(root, files, values, positions, tuple(meta["map_size"]), cached)
 
 
 @torch.no_grad()

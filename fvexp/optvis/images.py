@@ -11,7 +11,7 @@ import numpy as np
 from PIL import Image
 from torch import Tensor
 
-from fvexp.errors import FvexpError
+from fvexp.errors import FvexpError, not_a_file
 
 SUFFIXES = {".png", ".jpg", ".jpeg", ".webp"}
 
@@ -63,7 +63,8 @@ def load(path: str | Path, size: int, key: str) -> Tensor:
 
     path = Path(path)
     if not path.is_file():
-        raise FvexpError(f"{key}: the image {str(path)!r} does not exist (give a path to a {'/'.join(SUFFIXES)} file)")
+        raise FvexpError(f"{key}: the image {str(path)!r} {not_a_file(path)} (give a path to a {'/'.join(SUFFIXES)} "
+                         "file)")
     try:
         with warnings.catch_warnings():  # PIL warns below its limit and refuses above twice the limit
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)

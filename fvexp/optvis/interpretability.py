@@ -5,18 +5,22 @@ two-alternative forced choice (Borowski et al. 2021; Zimmermann et al. 2021, 202
 visualizations as references, which of two natural images, one from the top and one from the
 bottom of the unit's ranking, excites the unit more? The Machine Interpretability Score
 (Zimmermann, Klindt & Brendel 2024, MIS) puts a perceptual similarity in place of the person: the
-machine picks the query closer to the references (and, as MIS weighs negative references, farther
-from ordinary images of the folder). Here the similarity is computed in the features
+machine picks the query closer to the references and, as MIS weighs negative references, farther
+from as many random images of the folder. Here the similarity is computed in the features
 of a *held-out* network (EfficientNet-Lite1 by default, never the one being explained, which would
 judge its own optimum): the cosine of the images' channel means at four depths, averaged, as LPIPS
 and DreamSim compare deep features at several depths. The score is the share of correct choices
-over every (top, bottom) pair of queries: 0.5 is chance, 1 means every top query looks more like
-the references than every bottom one. Its 95 % interval is a bootstrap over the queries.
+over every (top, bottom) pair of queries, averaged over `DRAWS` draws of the random images: 0.5 is
+chance, 1 means every top query looks more like the references than every bottom one. Its 95 %
+interval is a bootstrap over the queries.
 
 Queries come from the unit's ranking of a folder, as crops at the receptive field around the
 strongest position (spatial units) or whole images (vector units); the visualization is cropped
-alike at its centre, so both are seen at the same scale. The same score with the top dataset
-examples as references is the upper reference; with random images of the folder, the floor.
+alike at its centre, so both are seen at the same scale. The folder's images should be distinct
+photos (`fvexp-demo` writes them so): two crops of one photo, one a top and one a bottom query, or
+a reference and a query, could be matched by recognizing the photo. The same score with the top
+dataset examples as references says how far the folder's best references go; with random images
+in both roles it is 0.5 by construction (benchmarks/measure_validity.py checks it on a panel).
 
 **Transferability** (Fel et al. 2023, MACO): do held-out classifiers see the class in a class
 visualization? The probability they give the target class, and top-1 / top-5 hits.
@@ -39,8 +43,9 @@ from fvexp.optvis.models import FeatureModel
 from fvexp.optvis.objectives import Unit
 from fvexp.optvis.sanity import path_layers
 
-POOL = 64  # ordinary images of the folder (the floor's references are drawn from them)
-FLOOR_DRAWS = 5  # random reference sets averaged into the floor
+POOL = 64  # ordinary images of the folder (the negative and the random references are drawn from them)
+DRAWS = 20  # draws of random references averaged into each score (one draw may happen to resemble a query group)
+MIN_QUERIES = 10  # top and bottom queries each, at the least, when the folder is too small for measure.queries
 
 
 class Measures:
@@ -49,11 +54,12 @@ class Measures:
     `judge` is the EfficientNet-Lite variant whose features are the similarity (None: no
     interpretability score); `transfer` the variants asked for transferability ([]: none);
     `references` the images each arm shows, `queries` the top and the bottom images asked about
-    (queries² pairs), `bootstrap` the resamples of the confidence interval.
+    (queries² pairs; 64 keep a unit's 95 % interval within about ±0.1; fewer when the folder is
+    too small), `bootstrap` the resamples of the confidence interval.
     """
 
     def __init__(self, judge: str | None = "lite1", transfer: Sequence[str] = ("lite1", "lite2"),
-                 references: int = 8, queries: int = 10, bootstrap: int = 1000) -> None:
+                 references: int = 8, queries: int = 64, bootstrap: int = 1000) -> None:
         if references < 1 or queries < 1 or bootstrap < 1:
             raise FvexpError(f"measure.references={references}, measure.queries={queries} and "
                              f"measure.bootstrap={bootstrap} must each be at least 1")
@@ -98,21 +104,23 @@ def spread_layers(model: FeatureModel, count: int = 4) -> list[str]:
     return sorted({path[round(i)] for i in np.linspace(0, len(path) - 1, count)}, key=path.index)
 
 
-def similarity(queries: Mapping[str, Tensor], references: Mapping[str, Tensor],
-               ordinary: Mapping[str, Tensor]) -> Tensor:
-    """Each query's similarity to the references beyond its similarity to ordinary images: (Q,).
+def similarity(queries: Mapping[str, Tensor], positive: Mapping[str, Tensor], negative: Mapping[str, Tensor],
+               centred: bool = True) -> Tensor:
+    """Each query's similarity to the positive references less its similarity to the negative ones: (Q,).
 
-    The similarity of two images is the level-averaged cosine of their centred features. Ordinary
-    images (random ones of the folder) play the part of MIS's negative references: without them, a
-    query that merely looks like a typical photo would be picked whatever the references show.
-    Features are centred by the queries' own mean, so that what all images share (ReLU outputs are
-    positive) does not push every cosine to 1.
+    The similarity of two images is the level-averaged cosine of their features, centred by the
+    queries' own mean (`centred`): ReLU features are all positive, so uncentred cosines sit near 1
+    and what tells the queries apart is a small part of them (benchmarks/measure_validity.py
+    measures both). The negative references are as many random images of the folder as there are
+    positive ones, as MIS weighs negative references: a query must not win by merely looking like
+    a typical photo, and with random images in both roles the two are exchangeable, so the score
+    is 0.5 by symmetry, whatever the queries look like.
     """
     total = torch.zeros(len(next(iter(queries.values()))), dtype=torch.float64)
     for name, q in queries.items():
-        centre = q.mean(0, keepdim=True)
+        centre = q.mean(0, keepdim=True) if centred else torch.zeros_like(q[:1])
         unit = F.normalize(q - centre, dim=1)
-        for sign, images in ((1, references), (-1, ordinary)):
+        for sign, images in ((1, positive), (-1, negative)):
             total += sign * (unit @ F.normalize(images[name] - centre, dim=1).T).mean(1)
     return total / len(queries)
 
@@ -120,19 +128,23 @@ def similarity(queries: Mapping[str, Tensor], references: Mapping[str, Tensor],
 def two_afc(top: Tensor, bottom: Tensor, bootstrap: int = 1000, seed: int = 0) -> Score:
     """The share of (top, bottom) query pairs where the top query is the more similar (ties: half).
 
-    Every pair is asked once, so the share is the AUC of the similarity between the two groups;
-    the interval resamples the queries, since pairs sharing a query are not independent.
+    `top` and `bottom` are the queries' similarities, (Q,) or (draws, Q): one row per draw of
+    random references, the share then averaged over the draws. Every pair is asked once, so the
+    share is the AUC of the similarity between the two groups. The interval resamples the queries
+    (pairs sharing a query are not independent) and the draws (which random images were drawn is
+    part of the score's uncertainty); resampled shares are counted by ranks (Mann-Whitney).
     """
-
-    def share(t: Tensor, b: Tensor) -> Tensor:
-        wins = (t[..., :, None] > b[..., None, :]).double() + 0.5 * (t[..., :, None] == b[..., None, :]).double()
-        return wins.mean((-2, -1))
-
+    top, bottom = top.reshape(-1, top.shape[-1]), bottom.reshape(-1, bottom.shape[-1])
+    wins = (top[:, :, None] > bottom[:, None, :]).double() + 0.5 * (top[:, :, None] == bottom[:, None, :]).double()
     generator = torch.Generator().manual_seed(seed)
-    resampled = share(top[torch.randint(len(top), (bootstrap, len(top)), generator=generator)],
-                      bottom[torch.randint(len(bottom), (bootstrap, len(bottom)), generator=generator)])
+    draws = torch.randint(len(top), (bootstrap, len(top), 1), generator=generator)
+    t = top[draws, torch.randint(top.shape[1], (bootstrap, 1, top.shape[1]), generator=generator)]
+    b = bottom[draws, torch.randint(bottom.shape[1], (bootstrap, 1, bottom.shape[1]), generator=generator)]
+    ranks = torch.cat([t, b], -1).argsort(-1).argsort(-1).double() + 1
+    n, m = top.shape[1], bottom.shape[1]
+    resampled = ((ranks[..., :n].sum(-1) - n * (n + 1) / 2) / (n * m)).mean(-1)
     low, high = torch.quantile(resampled, torch.tensor([0.025, 0.975], dtype=torch.float64)).tolist()
-    return Score(share(top, bottom).item(), low, high, len(top) * len(bottom))
+    return Score(wins.mean().item(), low, high, n * m)
 
 
 def query_images(acts: Activations, unit: Unit, size: int, crop: int | None, picks: Sequence[int]) -> Tensor:
@@ -157,44 +169,71 @@ def centre_crop(images: Tensor, share: float) -> Tensor:
     return images[..., start : start + crop, start : start + crop]
 
 
+@dataclass
+class Trial:
+    """One unit's 2-AFC, embedded once: the queries, the examples, the ordinary images and the draws.
+
+    From the folder's ranking: ranks [0, references) are the examples, the next `q` the top
+    queries, the last `q` the bottom ones; `q` is `measures.queries`, or fewer when the folder is
+    small (`interpretability.pairs` says how many pairs were asked). Up to `POOL` images drawn from
+    the rest are the ordinary ones; each of `DRAWS` draws takes `references` of them as negative
+    references (and another `references` as the positive ones of the random floor).
+    """
+
+    queries: dict[str, Tensor]  # level: (2q, C), the top queries first
+    examples: dict[str, Tensor]
+    pool: dict[str, Tensor]
+    draws: list[np.ndarray]  # per draw, 2·references pool indices: positives of the floor, then negatives
+    q: int
+
+    @classmethod
+    def of(cls, judge: Judge, acts: Activations, unit: Unit, size: int, crop: int | None, measures: Measures,
+           seed: int = 0) -> Trial:
+        order = ranking(scores(acts, unit))
+        k = measures.references
+        q = min(measures.queries, (len(order) - 3 * k) // 2)
+        if q < MIN_QUERIES:
+            raise FvexpError(f"the interpretability score needs at least {3 * k + 2 * MIN_QUERIES} readable images "
+                             f"in data.dir (3 × measure.references={k} + 2 × {MIN_QUERIES} queries), and there are "
+                             f"{len(order)}; use a larger folder or lower measure.references")
+        middle = order[k + q : len(order) - q]
+        rng = np.random.default_rng(seed)
+        picked = np.sort(rng.choice(middle, min(POOL, len(middle)), replace=False))
+
+        def embed(picks: Sequence[int]) -> dict[str, Tensor]:
+            return judge.embed(query_images(acts, unit, size, crop, picks))
+
+        top, bottom = embed(order[k : k + q]), embed(order[len(order) - q :])
+        return cls({name: torch.cat([top[name], bottom[name]]) for name in top}, embed(order[:k]), embed(picked),
+                   [rng.permutation(len(picked))[: 2 * k] for _ in range(DRAWS)], q)
+
+    def score(self, positive: Mapping[str, Tensor] | None, bootstrap: int, seed: int = 0,
+              centred: bool = True) -> Score:
+        """The 2-AFC with `positive` as references (None: a random draw of the pool each time)."""
+        k = len(self.draws[0]) // 2
+        rows = [similarity(self.queries, {n: f[d[:k]] for n, f in self.pool.items()} if positive is None
+                           else positive, {n: f[d[k:]] for n, f in self.pool.items()}, centred)
+                for d in self.draws]
+        similar = torch.stack(rows)
+        return two_afc(similar[:, : self.q], similar[:, self.q :], bootstrap, seed)
+
+
 def interpretability(judge: Judge, visualizations: Tensor, acts: Activations, unit: Unit, size: int,
                      crop: int | None, measures: Measures, seed: int = 0) -> dict[str, float]:
-    """The 2-AFC score of `visualizations` for `unit`, beside the top-examples ceiling and the random floor.
+    """The 2-AFC score of `visualizations` for `unit`, beside the top examples' and random references' scores.
 
-    From the folder's ranking: ranks [0, references) are the examples' references, the next
-    `queries` the top queries, the last `queries` the bottom ones. Up to `POOL` images drawn from
-    the rest are the ordinary images; the floor shows `references` of them as references (against
-    the others as ordinary), averaged over `FLOOR_DRAWS` draws since one small draw may happen to
-    resemble the top queries. `crop` is the receptive-field side in pixels at `size` (None: whole images).
+    `crop` is the receptive-field side in pixels at `size` (None: whole images); the
+    visualizations are cropped alike at their centre, so that references and queries are seen at
+    one scale. See `Trial` for which images play which part.
     """
-    order = ranking(scores(acts, unit))
-    k, q = measures.references, measures.queries
-    if len(order) < 3 * k + 3 * q:
-        raise FvexpError(f"the interpretability score needs at least {3 * k + 3 * q} readable images in data.dir "
-                         f"(3 × measure.references={k} + 3 × measure.queries={q}), and there are {len(order)}; "
-                         "use a larger folder or lower measure.references and measure.queries")
-    middle = order[k + q : len(order) - q]
-    rng = np.random.default_rng(seed)
-    pool = judge.embed(query_images(acts, unit, size, crop, np.sort(rng.choice(middle, min(POOL, len(middle)),
-                                                                                 replace=False))))
-    top = judge.embed(query_images(acts, unit, size, crop, order[k : k + q]))
-    bottom = judge.embed(query_images(acts, unit, size, crop, order[len(order) - q :]))
-    queries = {name: torch.cat([top[name], bottom[name]]) for name in top}
-
-    def score(references: Mapping[str, Tensor], ordinary: Mapping[str, Tensor]) -> Score:
-        similar = similarity(queries, references, ordinary)
-        return two_afc(similar[:q], similar[q:], measures.bootstrap, seed)
-
+    protocol = Trial.of(judge, acts, unit, size, crop, measures, seed)
     seen = centre_crop(visualizations, crop / size) if crop else visualizations
-    results = {"": score(judge.embed(seen), pool),
-               ".examples": score(judge.embed(query_images(acts, unit, size, crop, order[:k])), pool)}
-    draws = [rng.permutation(len(next(iter(pool.values())))) for _ in range(FLOOR_DRAWS)]
-    floor = [score({n: f[d[:k]] for n, f in pool.items()}, {n: f[d[k:]] for n, f in pool.items()}) for d in draws]
-    results[".random"] = Score(*(float(np.mean([getattr(f, key) for f in floor])) for key in ("share", "low", "high")),
-                               floor[0].pairs)
+    results = {"": protocol.score(judge.embed(seen), measures.bootstrap, seed),
+               ".examples": protocol.score(protocol.examples, measures.bootstrap, seed),
+               ".random": protocol.score(None, measures.bootstrap, seed)}
     metrics = {f"interpretability{suffix}{part}": value for suffix, s in results.items()
                for part, value in (("", s.share), (".low", s.low), (".high", s.high))}
-    return metrics | {"interpretability.pairs": float(q * q)}
+    return metrics | {"interpretability.pairs": float(protocol.q**2)}
 
 
 @torch.no_grad()

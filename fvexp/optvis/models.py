@@ -10,14 +10,15 @@ from __future__ import annotations
 import contextlib
 import math
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from functools import cache
+from functools import cache, cached_property
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from fvexp.errors import FvexpError, unknown
+from fvexp.errors import FvexpError, not_a_file, unknown
+from fvexp.optvis.tokens import RAW, TokenGrid, find_grid
 
 Activations = dict[str, Tensor]
 LOGITS = "logits"  # not a layer name: whichever layer gives the model's logits (`FeatureModel.logits_layer`)
@@ -32,7 +33,9 @@ class FeatureModel(nn.Module):
     `logits_layer` is the layer whose output is the logits (empty: the last `nn.Linear`), which
     objectives may call `logits`; `weights_path` the file the weights came from, whose checksum
     is recorded with every run; `folded` maps each convolution whose batch norm was folded into it
-    (`fold_batch_norms`) to that batch norm, so that reading the convolution is refused.
+    (`fold_batch_norms`) to that batch norm, so that reading the convolution is refused. `input_size` is
+    the side of the only images the network takes (a ViT's position embedding, an ONNX graph's static
+    shape): every image is resized to it at the end of each step (bilinear, antialiased); None: any size.
     """
 
     def __init__(
@@ -45,6 +48,7 @@ class FeatureModel(nn.Module):
         min_size: int = 32,
         weights_path: str | None = None,
         folded: Mapping[str, str] | None = None,
+        input_size: int | None = None,
     ) -> None:
         super().__init__()
         if not mean or len(std) != len(mean):
@@ -59,12 +63,16 @@ class FeatureModel(nn.Module):
         self.logits_layer = logits_layer or (linears[-1] if linears else "")
         self.min_size, self.weights_path = min_size, weights_path
         self.folded = dict(folded or {})
+        self.input_size = input_size
         self.autocast: torch.dtype | None = None  # bf16/fp16 mixed precision for the network; None: fp32
         self.eval()
 
     def forward(self, image: Tensor) -> Tensor:
         if self.mean.shape[1] == 1:  # a grayscale network sees the luminance of the RGB image
             image = (image * LUMA.to(image.device)).sum(1, keepdim=True)
+        if self.input_size and image.shape[-2:] != (self.input_size, self.input_size):
+            image = F.interpolate(image, size=(self.input_size, self.input_size), mode="bilinear",
+                                  align_corners=False, antialias=True)
         with torch.autocast(self.device.type, dtype=self.autocast or torch.float32, enabled=bool(self.autocast)):
             return self.net((image - self.mean) / self.std)
 
@@ -76,6 +84,15 @@ class FeatureModel(nn.Module):
     def device(self) -> torch.device:
         return self.mean.device
 
+    @cached_property
+    def tokens(self) -> TokenGrid | None:
+        """Where the patch tokens of the (batch, tokens, features) layers sit; None: the network has none.
+
+        Such a layer is read as the (batch, features, h, w) map of its patch tokens (`TokenGrid.shaped`),
+        and as its raw tokens under its name + `tokens.RAW`.
+        """
+        return find_grid(self)
+
     @property
     def image_channels(self) -> int:
         """Channels of the images to optimize: RGB for RGB and grayscale networks, else the network's own."""
@@ -83,6 +100,7 @@ class FeatureModel(nn.Module):
         return 3 if channels == 1 else channels
 
     def layer(self, name: str) -> nn.Module:
+        name = name.removesuffix(RAW)
         modules = dict(self.net.named_modules())
         modules.pop("", None)
         if name == LOGITS and name not in modules:
@@ -106,10 +124,13 @@ class FeatureModel(nn.Module):
         """
         wanted = set(layers)
         seen: Activations = {}
+        grid = self.tokens if wanted else None  # found before any hook is set
 
         def hook(name: str) -> Callable[..., None]:
+            shaped = grid.shaped if grid and not name.endswith(RAW) else lambda output: output
+
             def store(module: nn.Module, inputs: object, output: Tensor) -> None:
-                seen[name] = output.float()  # objectives compute in fp32, also under mixed precision
+                seen[name] = shaped(output).float()  # objectives compute in fp32, also under mixed precision
                 if wanted and seen.keys() >= wanted:
                     raise _AllSeen
 
@@ -140,17 +161,24 @@ class FeatureModel(nn.Module):
         """
         calls = dict.fromkeys(layers, 0)
         shapes: dict[str, torch.Size] = {}
+        grid = self.tokens
 
         def hook(name: str) -> Callable[..., None]:
             def count(module: nn.Module, inputs: object, output: Tensor) -> None:
                 calls[name] += 1
-                shapes[name] = output.shape
+                shapes[name] = (grid.shaped(output) if grid and not name.endswith(RAW) else output).shape
 
             return count
 
         handles = [self.layer(name).register_forward_hook(hook(name)) for name in layers]
         try:
             self(torch.zeros(1, self.image_channels, size, size, device=self.device))
+        except torch.OutOfMemoryError:
+            raise
+        except RuntimeError as error:
+            first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+            raise FvexpError(f"the network cannot take a {size}×{size} image ({first}); if it takes one size only, "
+                             "set model.input_size to it and fvexp resizes every image to that size") from None
         finally:
             for handle in handles:
                 handle.remove()
@@ -318,12 +346,15 @@ def torchvision_model(
     classes: str = "imagenet",
     logits_layer: str = "",
     min_size: int = 32,
+    input_size: int | None = None,
 ) -> FeatureModel:
     """Any torchvision classification model by name, e.g. `googlenet` (the article's InceptionV1).
 
     Weights come from `weights_path` (a state dict), else from torch's hub cache by the name of a
     torchvision weights entry (`DEFAULT`, `IMAGENET1K_V1`, ...), downloaded only where the network
     allows. `weights=null` asks for random weights explicitly; they are never used silently.
+    `input_size` None: the network's own `image_size` where it has one (a ViT's), else any size
+    (`own_input_size`).
     """
     from torchvision import models
 
@@ -335,7 +366,14 @@ def torchvision_model(
     path = weights_path or (hub_weights(name, weights) if weights else None)
     if path:
         load_weights(net, path, name)
-    return FeatureModel(net, mean, std, class_names(classes), logits_layer, min_size, path)
+    return FeatureModel(net, mean, std, class_names(classes), logits_layer, min_size, path,
+                        input_size=input_size or own_input_size(net))
+
+
+def own_input_size(net: nn.Module) -> int | None:
+    """The one input size a network states itself (`image_size`, as torchvision's ViTs), else None."""
+    size = getattr(net, "image_size", None)
+    return size if isinstance(size, int) else None
 
 
 def hub_weights(name: str, tag: str) -> str:
@@ -387,8 +425,7 @@ def read_state_dict(path: str) -> dict[str, Tensor]:
 
     key = f"model.weights_path={path!r}"
     if not Path(path).is_file():
-        what = "is a folder" if Path(path).is_dir() else "does not exist"
-        raise FvexpError(f"{key} {what}; give the file of {STATE_DICT}")
+        raise FvexpError(f"{key} {not_a_file(path)}; give the file of {STATE_DICT}")
     try:
         with warnings.catch_warnings():  # torch warns about pickle protocols it then refuses anyway
             warnings.simplefilter("ignore")
@@ -428,15 +465,17 @@ def _described(value: object) -> str:
 
 def custom(net: nn.Module, weights_path: str | None = None, mean: Sequence[float] = IMAGENET_MEAN,
            std: Sequence[float] = IMAGENET_STD, classes: str = "", logits_layer: str = "",
-           min_size: int = 32) -> FeatureModel:
+           min_size: int = 32, input_size: int | None = None) -> FeatureModel:
     """Your own network: `net` is built by its `_target_` (any callable returning an nn.Module).
 
     `mean`/`std` give the input normalization and, by their length, the channel count: one value
-    each makes a grayscale model, which sees the luminance of fvexp's RGB images.
+    each makes a grayscale model, which sees the luminance of fvexp's RGB images. `input_size` as for
+    `torchvision_model`.
     """
     if not isinstance(net, nn.Module):
         raise FvexpError(f"model.net built a {type(net).__name__}, not a torch.nn.Module; its _target_ must "
                          "return the network")
     if weights_path:
         load_weights(net, weights_path, type(net).__name__)
-    return FeatureModel(net, mean, std, class_names(classes) if classes else (), logits_layer, min_size, weights_path)
+    return FeatureModel(net, mean, std, class_names(classes) if classes else (), logits_layer, min_size, weights_path,
+                        input_size=input_size or own_input_size(net))

@@ -16,7 +16,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from numbers import Real
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
@@ -25,6 +25,7 @@ from torch import Tensor
 from fvexp.errors import FvexpError, unknown
 from fvexp.optvis.images import load
 from fvexp.optvis.models import LOGITS, FeatureModel, class_names
+from fvexp.optvis.tokens import NO_PATCHES, RAW, check_tokens, token_value
 
 Shapes = Mapping[str, torch.Size]
 Prepare = Callable[["FeatureModel", Shapes], None]
@@ -169,7 +170,8 @@ def _check_kind(layer: str, objective: str, unit: int | None = None, key: str = 
             advice = f"use objective=channel objective.layer={name} objective.channel={index}" + (
                 f", or a layer with vectors such as {logits}" if logits else "")
         elif got == SEQUENCES:
-            advice = f"use objective=layer objective.layer={name}"
+            why = model.tokens.why_not(shape[1]) if model.tokens else NO_PATCHES
+            advice = f"its tokens have no image grid ({why}); use objective=layer objective.layer={name}"
         else:
             advice = "choose another layer"
         wanted = "(batch, classes) vectors" if accepts == (VECTORS,) else " or ".join(KIND_NAMES[k] for k in accepts)
@@ -214,8 +216,17 @@ def neuron(layer: str, channel: int, x: int | None = None, y: int | None = None)
                      Unit(layer, channel, (y, x)))
 
 
-def channel(layer: str, channel: int) -> Objective:
-    """Mean activation of one channel over all positions: the article's default objective."""
+def channel(layer: str, channel: int, tokens: Literal["patches", "cls", "all"] = "patches") -> Objective:
+    """Mean activation of one channel over all positions: the article's default objective.
+
+    On a transformer's token layer the positions are its patch tokens; `tokens=cls` reads the class
+    token instead, `all` the mean over every token (`fvexp.optvis.tokens`).
+    """
+    if tokens != "patches":
+        raw = layer + RAW
+        return Objective(lambda acts: token_value(acts[raw], channel, tokens), frozenset({raw}),
+                         f"channel {layer}:{channel} ({tokens} tokens)", (check_tokens(layer, channel, tokens),),
+                         Unit(layer, channel))
     return Objective(
         lambda acts: acts[layer][:, channel].flatten(1).mean(1),
         frozenset({layer}),

@@ -136,7 +136,38 @@ class Crop:
         return size - 2 * self.width
 
 
-Piece = Pad | Jitter | Scale | Rotate | Affine | Crop
+class ColorShift:
+    """Scale and offset each colour channel of each image by random amounts of sd `sd` (Ghiasi et al. 2022).
+
+    A vision transformer's unit can otherwise be driven by one exact colour balance; a shifted copy
+    must still excite it.
+    """
+
+    def __init__(self, sd: float = 0.1) -> None:
+        self.sd = sd
+
+    def __call__(self, image: Tensor, generator: torch.Generator) -> Tensor:
+        scale, offset = (self.sd * torch.randn(2, *image.shape[:2], 1, 1, generator=generator)).to(image.device)
+        return image * (1 + scale) + offset
+
+    def min_output(self, size: int) -> int:
+        return size
+
+
+class Noise:
+    """Add Gaussian pixel noise of sd `sd` (Ghiasi et al. 2022): a unit must respond to more than exact pixels."""
+
+    def __init__(self, sd: float = 0.05) -> None:
+        self.sd = sd
+
+    def __call__(self, image: Tensor, generator: torch.Generator) -> Tensor:
+        return image + self.sd * torch.randn(image.shape, generator=generator).to(image.device)
+
+    def min_output(self, size: int) -> int:
+        return size
+
+
+Piece = Pad | Jitter | Scale | Rotate | Affine | Crop | ColorShift | Noise
 
 
 class Compose:

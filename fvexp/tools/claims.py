@@ -237,7 +237,7 @@ def natural_statistics() -> dict[str, float]:
     from fvexp.tools.demo import build
 
     with tempfile.TemporaryDirectory() as tmp:
-        files = [f for f in build(Path(tmp)) if f.stem.endswith("_full")]
+        files = build(Path(tmp))
         images = [open_image(f, 224)[None] for f in files]
     stats = [(high_frequency_energy(i), spectral_slope(i)) for i in images]
     return {"high_frequency_energy": sum(h for h, _ in stats) / len(stats),

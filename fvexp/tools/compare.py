@@ -11,7 +11,8 @@ searches the experiment `fvexp`, tracking.experiment's default), or nothing (the
 The sheet is a grid whose rows and columns are the overrides that vary across the runs (chosen
 automatically, or by --rows/--cols), each cell labelled with its overrides and a metric. Failed
 and unfinished runs get a cell saying so. Everything is written to --out and logged to the sweep's
-parent run under `compare/`; the paths are printed.
+parent run under `compare/`, whose description (its page in MLflow's UI) becomes the sheet and a table
+of the arms' key metrics; the paths are printed, and the links to that page and to the arms on stderr.
 """
 
 from __future__ import annotations
@@ -20,32 +21,17 @@ import argparse
 import base64
 import csv
 import html
-import itertools
 import os
 import sys
-import tempfile
-import textwrap
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from PIL import Image, ImageDraw
-
 from fvexp.credentials import redact
 from fvexp.errors import FvexpError
-from fvexp.optvis.images import contact_sheet
+from fvexp.tracking.comparison import FOLDER, PAGE_SIZE, Cell, arms, axes, cells_of, publish, sheets, varying
 from fvexp.tracking.store import PARENT, STORE_HELP, default_store, get_run, reader, running_orphans
-
-SIDE = 192
-WRAP = 8  # cells across, at most, when only the columns vary
-EXPERIMENT = "fvexp"  # the experiment --filter searches without --experiment (tracking.experiment's default)
-
-
-@dataclass
-class Cell:
-    run: Any
-    overrides: dict[str, str]
-    image: Image.Image | None
+from fvexp.tracking.ui import ORDER_METRIC, sweep_directions
+from fvexp.tracking.writer import EXPERIMENT
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -56,8 +42,8 @@ def main(argv: list[str] | None = None) -> None:
                         f"compare the matching runs of --experiment (without it, of the experiment {EXPERIMENT!r})")
     parser.add_argument("--rows", help="override key laid out down the sheet")
     parser.add_argument("--cols", help="override key laid out across the sheet")
-    parser.add_argument("--metric", default="objective_untransformed", help="metric printed under each image")
-    parser.add_argument("--page-size", type=int, default=36, help="cells per contact sheet")
+    parser.add_argument("--metric", default=ORDER_METRIC, help="metric printed under each image")
+    parser.add_argument("--page-size", type=int, default=PAGE_SIZE, help="cells per contact sheet")
     parser.add_argument("--store", default=os.environ.get("MLFLOW_TRACKING_URI") or default_store(),
                         help=STORE_HELP)
     parser.add_argument("--out", type=Path, help="output folder (default outputs/compare/<sweep>)")
@@ -80,23 +66,21 @@ def compare(args: argparse.Namespace) -> list[Path]:
     if not any(r.info.status == "FINISHED" for r in runs):
         counts = ", ".join(f"{n} {s.lower()}" for s, n in sorted(count(r.info.status for r in runs).items()))
         raise FvexpError(f"{describe(parent, args)} has no finished runs ({counts or 'no runs at all'})")
-    cells = [Cell(r, overrides_of(r), None) for r in runs]
-    varying = [k for k in dict.fromkeys(k for c in cells for k in c.overrides)
-               if len({c.overrides.get(k) for c in cells}) > 1]
-    rows_key, cols_key = axes(varying, args.rows, args.cols)
+    cells = cells_of(client, runs)
+    keys = varying(cells)
+    rows_key, cols_key = axes(keys, args.rows, args.cols)
     out = args.out or Path("outputs") / "compare" / folder_name(parent, args)
     out.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory() as tmp:
-        for cell in cells:
-            cell.image = final_image(client, cell.run, tmp)
-    written = [*sheets(cells, rows_key, cols_key, varying, args.metric, args.page_size, out)]
+    drawn = sheets(cells, rows_key, cols_key, keys, args.metric, args.page_size, out)
     metrics = sorted({m for c in cells for m in c.run.data.metrics})
-    written += [table_csv(cells, varying, metrics, out / "runs.csv"),
-                table_md(cells, varying, metrics, out / "runs.md")]
-    written.append(page(cells, varying, metrics, written[:-2], out / "index.html", describe(parent, args)))
+    written = [*drawn, table_csv(cells, keys, metrics, out / "runs.csv"),
+               table_md(cells, keys, metrics, out / "runs.md")]
+    written.append(page(cells, keys, metrics, drawn, out / "index.html", describe(parent, args)))
     if parent:
         for path in written:
-            client.log_artifact(parent.info.run_id, str(path), "compare")
+            client.log_artifact(parent.info.run_id, str(path), FOLDER)
+        publish(client, parent, cells, keys, drawn, args.metric)
+        print(sweep_directions(args.store, parent.info.experiment_id, parent.info.run_id), file=sys.stderr)
     return written
 
 
@@ -132,9 +116,7 @@ def select(client: Any, args: argparse.Namespace) -> tuple[Any | None, list]:
         if not latest:
             raise FvexpError(f"no sweep in the store {redact(args.store)}; run one with fvexp -m ... first")
         parent = latest[0]
-    children = client.search_runs([parent.info.experiment_id], f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'",
-                                  order_by=["attributes.start_time ASC"], max_results=5000)
-    return parent, sorted(children, key=lambda r: int(r.data.tags.get("fvexp.job") or 0))  # the sweep's order
+    return parent, arms(client, parent)
 
 
 def experiment_of(args: argparse.Namespace) -> str | None:
@@ -176,101 +158,32 @@ def count(items: Any) -> dict[str, int]:
     return totals
 
 
-def overrides_of(run: Any) -> dict[str, str]:
-    return dict(o.split("=", 1) for o in run.data.tags.get("overrides", "").split() if "=" in o)
-
-
-def axes(varying: list[str], rows: str | None, cols: str | None) -> tuple[str | None, str | None]:
-    """Rows and columns of the sheet: as asked, else the first two overrides that vary."""
-    for key, flag in ((rows, "--rows"), (cols, "--cols")):
-        if key and key not in varying:
-            raise FvexpError(f"{flag} {key!r} does not vary in these runs; varying: {', '.join(varying) or 'nothing'}")
-    rest = [k for k in varying if k not in (rows, cols)]
-    if not rows and not cols and len(rest) == 1:  # one thing varies: read it left to right
-        return None, rest[0]
-    rows = rows or (rest.pop(0) if rest else None)
-    cols = cols or (rest.pop(0) if rest else None)
-    return rows, cols
-
-
-def final_image(client: Any, run: Any, tmp: str) -> Image.Image | None:
-    try:
-        return Image.open(client.download_artifacts(run.info.run_id, "image.png", tmp)).convert("RGB")
-    except Exception:  # a failed or running run may have no image yet: its cell says so
-        return None
-
-
-def placeholder(run: Any) -> Image.Image:
-    """A grey cell that says why a run has no image."""
-    image = Image.new("RGB", (SIDE, SIDE), (200, 200, 200))
-    text = f"{run.info.status}\n" + textwrap.fill(run.data.tags.get("error", "")[:160], 26)
-    ImageDraw.Draw(image).multiline_text((8, 8), text, fill=(120, 0, 0))
-    return image
-
-
-def label(cell: Cell, varying: list[str], metric: str) -> str:
-    lines = [f"{k}={cell.overrides.get(k, '-')}" for k in varying] or [cell.run.info.run_name]
-    value = cell.run.data.metrics.get(metric)
-    lines.append(f"{metric} {value:.4g}" if value is not None else cell.run.info.status.lower())
-    return "\n".join(lines)
-
-
-def sheets(cells: list[Cell], rows_key: str | None, cols_key: str | None, varying: list[str], metric: str,
-           page_size: int, out: Path) -> list[Path]:
-    """Contact sheets laid out rows × columns by the two axes, `page_size` cells a page."""
-    row_values = list(dict.fromkeys(c.overrides.get(rows_key, "") for c in cells)) if rows_key else [""]
-    col_values = list(dict.fromkeys(c.overrides.get(cols_key, "") for c in cells)) if cols_key else [""]
-    by_position: dict[tuple[str, str], list[Cell]] = {}
-    for cell in cells:
-        position = tuple(cell.overrides.get(k, "") if k else "" for k in (rows_key, cols_key))
-        by_position.setdefault(position, []).append(cell)
-    depth = max(len(v) for v in by_position.values())  # several runs per position: other overrides vary too
-    grid: list[tuple[Image.Image, str]] = []
-    for row, layer in itertools.product(row_values, range(depth)):
-        for col in col_values:
-            found = by_position.get((row, col), [])
-            if layer < len(found):
-                cell = found[layer]
-                grid.append((cell.image or placeholder(cell.run), label(cell, varying, metric)))
-            else:
-                grid.append((Image.new("RGB", (SIDE, SIDE), "white"), ""))
-    columns = len(col_values) if rows_key else min(len(col_values), WRAP)  # a single row wraps
-    per_page = max(columns, page_size // columns * columns)
-    paths = []
-    for page_number, start in enumerate(range(0, len(grid), per_page), 1):
-        suffix = f"_{page_number}" if len(grid) > per_page else ""
-        path = out / f"contact_sheet{suffix}.png"
-        contact_sheet(grid[start:start + per_page], columns=columns, side=SIDE).save(path)
-        paths.append(path)
-    return paths
-
-
-def rows_of(cells: list[Cell], varying: list[str], metrics: list[str]) -> tuple[list[str], list[list[str]]]:
-    header = ["run_id", "name", "status", *varying, *metrics]
-    rows = [[c.run.info.run_id, c.run.info.run_name, c.run.info.status, *(c.overrides.get(k, "") for k in varying),
+def rows_of(cells: list[Cell], keys: list[str], metrics: list[str]) -> tuple[list[str], list[list[str]]]:
+    header = ["run_id", "name", "status", *keys, *metrics]
+    rows = [[c.run.info.run_id, c.run.info.run_name, c.run.info.status, *(c.overrides.get(k, "") for k in keys),
              *(f"{c.run.data.metrics[m]:.6g}" if m in c.run.data.metrics else "" for m in metrics)] for c in cells]
     return header, rows
 
 
-def table_csv(cells: list[Cell], varying: list[str], metrics: list[str], path: Path) -> Path:
-    header, rows = rows_of(cells, varying, metrics)
+def table_csv(cells: list[Cell], keys: list[str], metrics: list[str], path: Path) -> Path:
+    header, rows = rows_of(cells, keys, metrics)
     with path.open("w", newline="") as f:
         csv.writer(f).writerows([header, *rows])
     return path
 
 
-def table_md(cells: list[Cell], varying: list[str], metrics: list[str], path: Path) -> Path:
-    header, rows = rows_of(cells, varying, metrics)
+def table_md(cells: list[Cell], keys: list[str], metrics: list[str], path: Path) -> Path:
+    header, rows = rows_of(cells, keys, metrics)
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(r) + " |" for r in rows]
     path.write_text("\n".join(lines) + "\n")
     return path
 
 
-def page(cells: list[Cell], varying: list[str], metrics: list[str], pictures: list[Path], path: Path,
+def page(cells: list[Cell], keys: list[str], metrics: list[str], pictures: list[Path], path: Path,
          title: str) -> Path:
     """One self-contained HTML file: the sheets inlined as data URIs, and the table."""
-    header, rows = rows_of(cells, varying, metrics)
+    header, rows = rows_of(cells, keys, metrics)
     images = "".join(f'<img src="data:image/png;base64,{base64.b64encode(p.read_bytes()).decode()}" alt="{p.name}">'
                      for p in pictures)
     table = "<tr>" + "".join(f"<th>{html.escape(h)}</th>" for h in header) + "</tr>"

@@ -1,11 +1,13 @@
 """List a model's layers with their output shape and channel count, to pick `objective.layer`.
 
-    python -m fvexp.tools.layers [model=torchvision model.name=resnet18 ...] [render.size=224]
+    fvexp-layers [model=torchvision model.name=resnet18 ...] [render.size=224]
 
 Takes the same overrides as `fvexp`. The last column says which objectives can read each layer: a
 layer must run exactly once per forward pass, and then (batch, channels, h, w) feature maps take
 channel, neuron, layer and direction; (batch, features) vectors, such as the logits, class_logit,
-class_prob, layer and direction; (batch, tokens, channels) sequences only layer; `-` marks a layer
+class_prob, layer and direction; a vision transformer's (batch, tokens, features) layers, whose patch
+tokens form a grid (`fvexp.optvis.tokens`), as feature maps (channel: a feature's mean over the patch
+tokens, neuron: one patch); other (batch, tokens, channels) sequences only layer; `-` marks a layer
 no objective can read.
 """
 
@@ -15,16 +17,18 @@ import sys
 
 import torch
 from hydra import compose, initialize_config_dir
-from hydra.errors import HydraException, MissingConfigException
+from hydra.errors import HydraException
 from omegaconf.errors import OmegaConfBaseException
 from torch import nn
 
 from fvexp.app.build import build
+from fvexp.app.overrides import composition_error
 from fvexp.app.places import config_dir
 from fvexp.app.schema import check_size, register
-from fvexp.errors import FvexpError, unknown
+from fvexp.errors import FvexpError
 from fvexp.optvis.models import FeatureModel
 from fvexp.optvis.objectives import readers
+from fvexp.optvis.tokens import TokenGrid
 
 
 @torch.no_grad()
@@ -47,12 +51,14 @@ def table(model: FeatureModel, size: int) -> list[tuple[str, str, str, str, str]
         for handle in handles:
             handle.remove()
     rows = []
+    grid = model.tokens
     for name, module in modules:
         shapes = outputs.get(name, [])
         shape = shapes[0] if len(shapes) == 1 else ()
-        fits = readers(shape) if shape else []
-        channels = str(shape[1]) if "channel" in fits or "class_logit" in fits else ""
-        described = "×".join(map(str, shape[1:])) if shape else f"runs {len(shapes)} times"
+        fits = readers(grid.shaped(torch.empty(shape)).shape if grid and len(shape) == 3 else shape) if shape else []
+        channels = str(shape[-1] if len(shape) == 3 else shape[1]) if "channel" in fits or "class_logit" in fits else ""
+        described = (_tokens(shape, grid) if "channel" in fits and len(shape) == 3 else "×".join(map(str, shape[1:]))
+                     if shape else f"runs {len(shapes)} times" if len(shapes) != 1 else "no shape")
         readable = ", ".join(fits) or "-"
         if name in model.folded:  # its batch norm was folded into it: the values are read under the norm's name
             readable = f"- (its batch norm is folded in: read {model.folded[name]})"
@@ -60,37 +66,37 @@ def table(model: FeatureModel, size: int) -> list[tuple[str, str, str, str, str]
     return rows
 
 
-def override_error(error: Exception) -> str:
-    """Hydra's or OmegaConf's complaint about an override as one line, without the config search path."""
-    if isinstance(error, MissingConfigException) and error.missing_cfg_file and error.options is not None:
-        group, _, option = error.missing_cfg_file.rpartition("/")
-        return str(unknown(f"{group} option" if group else "config", option, error.options))
-    lines = [line.strip() for part in (error, error.__cause__) if part is not None for line in str(part).splitlines()]
-    kept: list[str] = []
-    for line in lines:
-        if line.startswith(("Config search path", "Set the environment variable HYDRA_FULL_ERROR")):
-            break
-        if line and not line.startswith(("full_key:", "object_type=", "reference_type=")):
-            kept.append(line if line.endswith((".", ":")) else line + ".")
-    return " ".join(kept).rstrip(".") or type(error).__name__
+def _tokens(shape: tuple[int, ...], grid: TokenGrid) -> str:
+    """A token layer's shape with its grid: `257 tok×1536 (1+16×16)`."""
+    side = grid.side(shape[1])
+    return f"{shape[1]} tok×{shape[2]} ({grid.prefix}+{side}×{side})"
 
 
 def main(argv: list[str] | None = None) -> None:
-    register()
     overrides = sys.argv[1:] if argv is None else argv
+    if {"-h", "--help"} & set(overrides):
+        print(f"usage: fvexp-layers [-h] [KEY=VALUE ...]\n\n{__doc__.strip()}")
+        return
+    register()
     try:
+        options = [o for o in overrides if o.startswith("-")]
+        if options:
+            raise FvexpError(f"unknown option {options[0]}; fvexp-layers takes the overrides fvexp takes (KEY=VALUE), "
+                             "see fvexp-layers --help")
         try:
             with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
                 cfg = compose("config", overrides=overrides)
         except (HydraException, OmegaConfBaseException) as error:
-            raise FvexpError(override_error(error)) from None
+            raise composition_error(error) from None
         check_size(cfg.render.size, "render.size")
         model = build(cfg.model)
         rows = table(model, cfg.render.size)
     except FvexpError as error:
         raise SystemExit(f"fvexp.layers: error: {error}") from None
     width = max(len(r[0]) for r in rows)
-    print(f"{type(model.net).__name__} at {cfg.render.size} px; logits layer: {model.logits_layer or '-'}")
+    print(f"{type(model.net).__name__} at {cfg.render.size} px; logits layer: {model.logits_layer or '-'}"
+          + (f"; fixed input {model.input_size} px: every image is resized to it" if model.input_size else "")
+          + (f"; tokens: {model.tokens.prefix} leading, then {model.tokens.patch}-px patches" if model.tokens else ""))
     print(f"{'layer':<{width}}  {'module':<28}  {'output (c×h×w)':<16}  channels  objectives")
     for name, kind, shape, channels, fits in rows:
         print(f"{name:<{width}}  {kind[:28]:<28}  {shape:<16}  {channels:>8}  {fits}")

@@ -23,6 +23,8 @@ from pathlib import Path
 from urllib.parse import SplitResult, urlsplit
 
 from fvexp.errors import FvexpError
+from fvexp.tracking.ui import page, runs_link
+from fvexp.tracking.writer import EXPERIMENT
 
 
 def redacted(uri: str) -> str:
@@ -54,6 +56,7 @@ def check_database(uri: str) -> None:
     """
     parts = urlsplit(uri)
     if not is_postgres(parts):
+        check_driver(uri)
         return
     try:
         import psycopg2
@@ -78,9 +81,74 @@ def check_database(uri: str) -> None:
         raise FvexpError(f"cannot connect to the backend store {redacted(uri)}: {reason}\nTo fix it, {fix}") from None
 
 
+DATABASES = ("postgresql", "mysql", "mssql", "sqlite")  # the SQLAlchemy dialects MLflow's store accepts
+PACKAGES = {"MySQLdb": "mysqlclient", "pyodbc": "pyodbc", "pymysql": "pymysql"}  # a driver's module -> pip package
+
+
+def check_driver(uri: str) -> None:
+    """Refuse a database URI whose scheme MLflow does not store runs in, or whose driver is not installed.
+
+    `mlflow server` meets either as a traceback of some 45 lines (SQLAlchemy's ModuleNotFoundError at
+    its end); a folder or file: URI is MLflow's file store and needs no driver.
+    """
+    parts = urlsplit(uri)
+    if "://" not in uri or parts.scheme == "file":
+        return
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError, NoSuchModuleError
+
+    supported = "postgresql://, mysql://, mssql:// or sqlite:///FILE (or a folder)"
+    if parts.scheme.split("+")[0] not in DATABASES:
+        raise FvexpError(f"the backend store {redacted(uri)} has a scheme MLflow cannot store runs in; use {supported}")
+    try:
+        make_url(uri).get_dialect().import_dbapi()
+    except (ArgumentError, NoSuchModuleError):
+        raise FvexpError(f"the backend store {redacted(uri)} names a driver SQLAlchemy does not know; use "
+                         f"{supported}") from None
+    except ImportError as error:
+        module = (error.name or "").split(".")[0]
+        raise FvexpError(f"a {parts.scheme.split('+')[0]} store through {parts.scheme}:// needs the {module} driver, "
+                         f"which is not installed: pip install {PACKAGES.get(module, module)}") from None
+
+
 def destination(value: str) -> str:
     """The artifact destination; a folder is made absolute, so the server's log says where artifacts go."""
     return value if "://" in value else str(Path(value).expanduser().resolve())
+
+
+def existing_experiment(uri: str, name: str) -> str | None:
+    """The id of the experiment `name` in a PostgreSQL or SQLite store, read without creating or migrating anything.
+
+    MLflow's own client would first create its tables (and its Default experiment, with an artifact
+    location of the client's choosing) in a new database, which is `mlflow server`'s to do; a store
+    without the table or the experiment gives None.
+    """
+    parts = urlsplit(uri)
+    database = Path(parts.path.removeprefix("/")) if parts.scheme == "sqlite" else None
+    if not (is_postgres(parts) or (database and database.is_file())):
+        return None
+    from sqlalchemy import create_engine, text
+    from sqlalchemy.exc import SQLAlchemyError
+
+    engine = create_engine(sqlalchemy_uri(uri))
+    try:
+        with engine.connect() as connection:
+            row = connection.execute(text("SELECT experiment_id FROM experiments WHERE name = :name AND "
+                                          "lifecycle_stage = 'active'"), {"name": name}).first()
+    except SQLAlchemyError:
+        return None
+    finally:
+        engine.dispose()
+    return str(row[0]) if row else None
+
+
+def landing(uri: str, host: str, port: int) -> str:
+    """The UI's page for fvexp's runs: the runs table of the experiment `fvexp` (in the UI's "Model training"
+    mode, see `fvexp.tracking.ui`), else the list of experiments until the first run creates it."""
+    shown = "127.0.0.1" if host in ("0.0.0.0", "::", "") else host
+    address = f"http://{f'[{shown}]' if ':' in shown else shown}:{port}"
+    experiment = existing_experiment(uri, EXPERIMENT)
+    return runs_link(address, experiment) if experiment else page(address, "experiments", {})
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -101,6 +169,8 @@ def main(argv: list[str] | None = None) -> None:
     os.environ.setdefault("MLFLOW_SERVER_ENABLE_JOB_EXECUTION", "false")
     print(f"fvexp.server: runs in {redacted(args.backend_store_uri)}, artifacts in {args.artifacts_destination}, "
           f"listening on {args.host}:{args.port}", file=sys.stderr, flush=True)
+    print(f"fvexp.server: the MLflow UI: {landing(args.backend_store_uri, args.host, args.port)} (each fvexp run and "
+          "sweep prints the links to its own pages)", file=sys.stderr, flush=True)
     os.execv(sys.executable, [sys.executable, "-m", "mlflow", "server",
                               "--backend-store-uri", sqlalchemy_uri(args.backend_store_uri), "--serve-artifacts",
                               "--artifacts-destination", args.artifacts_destination,

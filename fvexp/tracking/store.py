@@ -32,8 +32,9 @@ def reader(store: str) -> Any:
     try:
         client = mlflow.MlflowClient(store)
         client.search_experiments(max_results=1)  # opens the store: a store MLflow cannot read says so here
-    except MlflowException as error:
-        first = next((line.strip() for line in str(error.message).splitlines() if line.strip()), "")
+    except Exception as error:  # MLflow's own, or the database's (a truncated SQLite file: "malformed")
+        text = str(error.message) if isinstance(error, MlflowException) else f"{type(error).__name__}: {error}"
+        first = next((line.strip() for line in text.splitlines() if line.strip()), "")
         raise FvexpError(f"cannot read the MLflow store {redact(store)}: {redact(first[:600])}") from None
     return client
 

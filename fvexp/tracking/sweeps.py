@@ -6,8 +6,9 @@ as a tag in the tracking store: no environment variable is involved, so a job la
 machine finds its parent as long as it logs to the same store.
 
 When the jobs have ended, the callback counts them by status on the parent and in `jobs.json` in
-the sweep folder, which is how the command learns the exit code of jobs that ran in other
-processes (joblib, Ray, SLURM).
+the sweep folder (the command's exit code comes from each job's own `outcome.json`, whatever the
+tracking: `fvexp.app.outcome`). It then shows the comparison on the parent's page in MLflow's UI
+(`fvexp.tracking.comparison`) and prints the links to that page and to the arms' table.
 """
 
 from __future__ import annotations
@@ -24,11 +25,16 @@ from hydra.experimental.callback import Callback
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from fvexp.app.cli import JOBS_FILE, shared_file, sweep_key, sweep_stopped
+from fvexp.app.outcome import sweep_key, sweep_stopped
 from fvexp.app.recorder import describe
 from fvexp.credentials import redact
+from fvexp.errors import FvexpError
+from fvexp.tracking.comparison import summarize
 from fvexp.tracking.store import PARENT, find_parent
+from fvexp.tracking.ui import sweep_directions
 from fvexp.tracking.writer import MlflowTracker
+
+JOBS_FILE = "jobs.json"  # the sweep's job counts by status, written beside its jobs for you to read
 
 
 def sweep_name(config: DictConfig) -> str:
@@ -43,13 +49,29 @@ class MlflowSweep(Callback):
     """Opens the sweep's parent run before the jobs and closes it after them, counting how they ended.
 
     The parent ends KILLED when the sweep was stopped (Ctrl-C, SIGTERM), else FINISHED if any job
-    finished, else FAILED; `fvexp.jobs.<status>` tags count the jobs.
+    finished, else FAILED; `fvexp.jobs.<status>` tags count the jobs. A store that cannot be used
+    is treated as for a job (`tracking.on_error`): with `warn` the sweep runs without a parent.
     """
+
+    unrecorded = False  # the parent could not be created
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         tracker = self._tracker(config.tracking)
         if tracker is None:
             return
+        try:
+            self.open(tracker, config)
+        except Exception as error:  # as for a job: tracking.on_error decides whether the sweep goes on
+            reason = f"cannot record the sweep in {redact(tracker.uri)}: {describe(error)}"
+            if tracker.on_error == "fail":
+                raise FvexpError(f"{reason} (tracking.on_error=fail; tracking.on_error=warn runs without tracking, "
+                                 "tracking=none turns it off)") from None
+            print(f"fvexp: warning: {reason}; the sweep runs without its parent run (tracking.on_error=fail stops "
+                  "instead)", file=sys.stderr)
+            self.unrecorded = True
+
+    def open(self, tracker: MlflowTracker, config: DictConfig) -> None:
+        """Create the parent run with the sweep's settings, ended at exit if the sweep is stopped."""
         key = sweep_key(config.hydra)
         tracker.open(sweep_name(config), {"fvexp.role": PARENT, "fvexp.sweep": key, "fvexp.host": socket.gethostname(),
                                            "fvexp.pid": str(os.getpid()),  # fvexp-orphans ends it if killed
@@ -60,19 +82,19 @@ class MlflowSweep(Callback):
         params.update(dict(o.split("=", 1) for o in config.hydra.overrides.task if "=" in o))
         tracker.log_params({name: redact(str(value)) for name, value in params.items()})
         tracker.log_text(redact(OmegaConf.to_yaml(config)), "multirun.yaml")
-        atexit.register(self.end_if_stopped, tracker, key)  # Hydra calls no callback when a sweep is stopped
+        atexit.register(self.end, tracker, key)  # Hydra calls no callback when a sweep is stopped
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         tracker = self._tracker(config.tracking)
-        if tracker is not None:
-            close(tracker, sweep_key(config.hydra), interrupted=sweep_stopped())
-            atexit.unregister(self.end_if_stopped)
+        if tracker is not None and not self.unrecorded:
+            atexit.unregister(self.end)
+            self.end(tracker, sweep_key(config.hydra), interrupted=sweep_stopped())
 
     @staticmethod
-    def end_if_stopped(tracker: MlflowTracker, key: str) -> None:
-        """At exit after a stopped sweep (Ctrl-C, SIGTERM): end its parent KILLED, counting the jobs that ran."""
+    def end(tracker: MlflowTracker, key: str, interrupted: bool = True) -> None:
+        """End the parent run, counting the jobs that ran; at exit after a stopped sweep (Ctrl-C, SIGTERM), KILLED."""
         try:
-            close(tracker, key, interrupted=True)
+            close(tracker, key, interrupted)
         except Exception as error:  # the run folders hold every job's images whatever the store says
             print(f"fvexp: warning: could not end the sweep's parent run in {redact(tracker.uri)}: "
                   f"{describe(error)}", file=sys.stderr)
@@ -96,8 +118,13 @@ def close(tracker: MlflowTracker, key: str, interrupted: bool) -> None:
         tracker.client.set_tag(parent, f"fvexp.jobs.{status.lower()}", str(count))
     stopped = interrupted or counts["KILLED"] > 0  # a job is KILLED only when the sweep was stopped
     status = "KILLED" if stopped else "FINISHED" if counts["FINISHED"] else "FAILED"
+    if not interrupted:  # a stopped sweep ends at once
+        try:
+            summarize(tracker.client, parent)
+        except Exception as error:  # the arms are recorded whatever becomes of their comparison
+            print(f"fvexp: warning: could not write the sweep's comparison to its parent run: {describe(error)}; "
+                  f"fvexp-compare {parent} writes it", file=sys.stderr)
     tracker.client.set_terminated(parent, status)
+    print(sweep_directions(tracker.uri, experiment, parent), file=sys.stderr)
     Path(key).mkdir(parents=True, exist_ok=True)
-    readers = [Path(key) / JOBS_FILE] + ([] if interrupted else [shared_file(JOBS_FILE)])  # you; the exit code
-    for where in readers:
-        where.write_text(json.dumps({"parent_run_id": parent, **counts}, indent=2) + "\n")
+    (Path(key) / JOBS_FILE).write_text(json.dumps({"parent_run_id": parent, **counts}, indent=2) + "\n")

@@ -6,7 +6,9 @@ MLflow is imported only inside `MlflowTracker`, because importing it costs over 
 
 from __future__ import annotations
 
+import logging
 import os
+import sys
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -18,9 +20,14 @@ from fvexp.app.places import launch_dir
 from fvexp.app.recorder import Recorder
 from fvexp.errors import FvexpError
 from fvexp.tracking.store import CHILD, default_store, find_parent
-from fvexp.tracking.uris import HTTP_LIMITS, check_store, creating, sqlite_path
+from fvexp.tracking.ui import directions, run_link, ui_address
+from fvexp.tracking.uris import HTTP_LIMITS, anchored, check_server, check_store, creating, sqlite_path
 
 METRIC_BATCH = 100  # per-step metrics are sent in batches, not one database write per step
+EXPERIMENT = "fvexp"  # tracking.experiment's default
+# The images along the way: the part before "/" names the section of MLflow's chart view that shows them
+# side by side, run by run, with a step slider; it is listed above "Model metrics", so no chart has to be added.
+IMAGE_KEY = "images/visualization"
 
 
 class Retrying:
@@ -59,13 +66,14 @@ class MlflowTracker(Recorder):
     a sweep becomes a child of the sweep's parent run (see `fvexp.tracking.sweeps`).
     """
 
-    def __init__(self, uri: str | None = None, experiment: str = "fvexp", run_name: str | None = None,
+    def __init__(self, uri: str | None = None, experiment: str = EXPERIMENT, run_name: str | None = None,
                  on_error: Literal["warn", "fail"] = "warn") -> None:
         self.default = uri is None and not os.environ.get("MLFLOW_TRACKING_URI")
-        self.uri = uri or os.environ.get("MLFLOW_TRACKING_URI") or default_store()
+        self.uri = anchored(uri or os.environ.get("MLFLOW_TRACKING_URI") or default_store(), launch_dir())
         self.experiment, self.run_name, self.on_error = experiment, run_name, on_error
         self.pending: list[Any] = []
         self._client: Any = None
+        self.in_sweep, self.experiment_of_run = False, ""
 
     @property
     def client(self) -> Any:
@@ -74,6 +82,8 @@ class MlflowTracker(Recorder):
                 os.environ.setdefault(name, value)
             import mlflow
 
+            # Its database errors come with a traceback on MLflow's logger; fvexp says each in one line (`Guarded`).
+            logging.getLogger("mlflow.store.db.utils").setLevel(logging.CRITICAL)
             if self.default:
                 (launch_dir() / "outputs").mkdir(parents=True, exist_ok=True)
             check_store(self.uri)
@@ -99,7 +109,7 @@ class MlflowTracker(Recorder):
     def open(self, name: str | None, tags: Mapping[str, str]) -> str:
         """Create the run (a job's, or a sweep's parent) and make it the one this tracker logs to."""
         run = self.client.create_run(self.experiment_id(), run_name=self.run_name or name, tags=dict(tags))
-        self.run_id = run.info.run_id
+        self.run_id, self.experiment_of_run = run.info.run_id, run.info.experiment_id
         return self.run_id
 
     def start(self, name: str | None, params: Mapping[str, Any], tags: Mapping[str, str],
@@ -107,7 +117,8 @@ class MlflowTracker(Recorder):
         if not self.experiment.strip():
             raise FvexpError("tracking.experiment is empty; name the MLflow experiment, e.g. tracking.experiment=fvexp")
         tags = dict(tags)
-        if tags.get("fvexp.sweep"):
+        self.in_sweep = bool(tags.get("fvexp.sweep"))
+        if self.in_sweep:
             tags["fvexp.role"] = CHILD
             parent = find_parent(self.client, self.experiment_id(), tags["fvexp.sweep"])
             if parent:
@@ -143,7 +154,7 @@ class MlflowTracker(Recorder):
 
     def log_image(self, image: Image.Image, step: int) -> None:
         self._flush()
-        self.client.log_image(self.run_id, image, key="image", step=step)
+        self.client.log_image(self.run_id, image, key=IMAGE_KEY, step=step)
 
     def log_metrics(self, metrics: Mapping[str, float]) -> None:
         from mlflow.entities import Metric
@@ -157,6 +168,16 @@ class MlflowTracker(Recorder):
         else:
             self.client.log_artifact(self.run_id, str(path), folder)
 
+    def reachable(self) -> bool:
+        """A tracking server answers its health page within a second; file stores are always there."""
+        if not self.uri.startswith(("http:", "https:")):
+            return True
+        try:
+            check_server(self.uri, seconds=1)
+        except FvexpError:
+            return False
+        return True
+
     def finish(self, status: str, error: str | None = None) -> None:
         if self.run_id is None:
             return
@@ -166,3 +187,7 @@ class MlflowTracker(Recorder):
                 self.client.set_tag(self.run_id, "error", error[:5000])
         finally:
             self.client.set_terminated(self.run_id, status)
+            self.ended = True
+        if not self.in_sweep:  # a sweep's jobs are linked once, from the sweep's end (`fvexp.tracking.sweeps`)
+            link = run_link(ui_address(self.uri)[0], self.experiment_of_run, self.run_id)
+            print(directions(self.uri, [("this run", link)]), file=sys.stderr)
