@@ -16,6 +16,7 @@ from tests.conftest import fvexp, make
 CASES = [  # (arguments, the one line after "fvexp: error: ")
     (["objective.chanel=3"], "unknown key 'objective.chanel'; closest valid: objective.channel"),
     (["objective=chanel"], "unknown objective option 'chanel'; closest valid: channel"),
+    (["ablation=tvv"], "unknown ablation option 'tvv'; closest valid: tv"),  # an optional group: Hydra skips it
     (["--cfg", "job", "render.steps=-5"],
      "render.steps=-5 is not allowed: render.steps must be a positive number of optimization steps"),
     (["--config-dir", "{tmp}/conf", "objective=broken"],
@@ -28,7 +29,8 @@ CASES = [  # (arguments, the one line after "fvexp: error: ")
 
 
 @pytest.mark.slow  # an fvexp process each (no model is loaded: each stops before any job)
-@pytest.mark.parametrize(("arguments", "line"), CASES, ids=["key", "option", "cfg-range", "yaml", "folder"])
+@pytest.mark.parametrize(("arguments", "line"), CASES, ids=["key", "option", "optional", "cfg-range", "yaml",
+                                                                           "folder"])
 def test_bad_input_before_any_job_is_one_line_and_exit_code_2(arguments: list[str], line: str,
                                                               tmp_path: Path) -> None:
     (tmp_path / "conf" / "objective").mkdir(parents=True)

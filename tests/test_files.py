@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import errno
 import os
-import subprocess
 import threading
 from pathlib import Path
 from types import SimpleNamespace
@@ -115,21 +114,8 @@ def test_a_run_folder_under_a_file_is_one_line(tmp_path: Path) -> None:
         execute(make(*SHORT), Job(tmp_path / "a_file" / "run", []))
 
 
-@pytest.fixture
-def small_disk(tmp_path: Path):
-    """A folder on a filesystem of 40 kB, which a run's images fill (a tmpfs: only root may mount one)."""
-    if os.geteuid() != 0:
-        pytest.skip("mounting a small tmpfs needs root (CI runs as root)")
-    folder = tmp_path / "disk"
-    folder.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=40k", "tmpfs", str(folder)], check=True)
-    try:
-        yield folder
-    finally:
-        subprocess.run(["umount", "-l", str(folder)], check=False)
-
-
 @pytest.mark.slow  # one fvexp process on a full disk
+@pytest.mark.parametrize("small_disk", ["40k"], indirect=True)
 def test_a_run_folder_that_fills_up_is_one_warning_and_one_error_no_traceback(small_disk: Path,
                                                                               tmp_path: Path) -> None:
     done = fvexp(f"hydra.run.dir={small_disk}/run", "render.size=96", "render.steps=32",

@@ -76,6 +76,8 @@ def test_a_store_that_fails_during_the_run_costs_nothing_and_is_said_once(tmp_pa
                                          "create it, or choose another tracking.uri"),
     ("sqlite:///{tmp}/notes.db", "{tmp}/notes.db is not an SQLite database (corrupt, or another kind of file); "
                                  "move it away, or choose another tracking.uri"),
+    ("sqlite://", "tracking.uri=sqlite:// names no database file (sqlite:// alone is an in-memory database, gone "
+                  "when the run ends); name a file, e.g. tracking.uri=sqlite:///mlflow.db"),
     ("sqlite:///{tmp}", "the SQLite store {tmp} is a folder; name a database file, e.g. "
                         "sqlite:///{tmp}/mlflow.db"),
     ("http://user:secret@127.0.0.1:{closed}", "cannot reach the tracking server http://user:***@127.0.0.1:{closed} "

@@ -7,7 +7,7 @@ import sqlite3
 import subprocess
 import sys
 import threading
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -120,21 +120,8 @@ def test_a_process_killed_while_creating_a_store_leaves_none_or_a_whole_one(tmp_
     assert not list(tmp_path.glob(".k.db.creating-*"))
 
 
-@pytest.fixture
-def small_disk(tmp_path: Path) -> Iterator[Path]:
-    """A folder on a filesystem of 1.3 MB, to fill up (a tmpfs: only root may mount one)."""
-    if os.geteuid() != 0:
-        pytest.skip("mounting a small tmpfs needs root (CI runs as root)")
-    folder = tmp_path / "disk"
-    folder.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1300k", "tmpfs", str(folder)], check=True)
-    try:
-        yield folder
-    finally:
-        subprocess.run(["umount", "-l", str(folder)], check=False)
-
-
 @pytest.mark.slow  # MLflow on a full disk, one fvexp process
+@pytest.mark.parametrize("small_disk", ["1300k"], indirect=True)
 def test_a_store_that_fills_its_disk_costs_no_image_and_says_one_line(small_disk: Path, tmp_path: Path) -> None:
     store = f"sqlite:///{small_disk / 's.db'}"
     done = fvexp("render.steps=48", "render.thresholds=[8,16,24,32,40,48]", "render.size=128", "progress=false",
@@ -215,3 +202,28 @@ def test_a_sweeps_exit_code_does_not_depend_on_the_tracking(tmp_path: Path, trac
     if "uri" in tracking:  # the dead store costs the sweep its parent run, said once, and nothing else
         assert done.stderr.count("cannot record the sweep in http://127.0.0.1:9") == 1
 
+
+
+class FailsAfterCreating(Recorder):
+    """A store that creates the run, then fails while its params are written (its disk filled at that moment)."""
+
+    def __init__(self) -> None:
+        self.ended: list[str] = []
+
+    def start(self, name: str | None, params: Mapping[str, Any], tags: Mapping[str, str],
+              files: Mapping[str, str]) -> None:
+        self.run_id = "created"
+        raise OSError(28, "No space left on device")
+
+    def finish(self, status: str, error: str | None = None) -> None:
+        self.ended.append(status)
+
+
+def test_a_run_created_before_its_start_failed_is_ended_not_left_running(capsys) -> None:
+    inner = FailsAfterCreating()
+    guarded = Guarded(inner, "warn", "sqlite:///full/s.db")
+    guarded.start("run", {}, {}, {})
+    guarded.finish("FINISHED")
+    assert inner.ended == ["FAILED"]  # before: left RUNNING in the store
+    assert "cannot record this run in sqlite:///full/s.db: OSError: [Errno 28] No space left on device" in \
+        capsys.readouterr().err

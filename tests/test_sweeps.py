@@ -3,22 +3,16 @@
 from __future__ import annotations
 
 import csv
-import json
 import os
-import re
-import shutil
-import signal
 import subprocess
 import sys
-import time
-import urllib.request
 from pathlib import Path
 
 import mlflow
 import pytest
 from PIL import Image
 
-from tests.conftest import ROOT, free_port, fvexp
+from tests.conftest import ROOT, fvexp
 
 pytestmark = pytest.mark.slow
 
@@ -169,63 +163,6 @@ def test_failed_jobs_are_shown_not_dropped(tmp_path: Path) -> None:
     assert [(r["objective.channel"], r["status"]) for r in rows] == [("5", "FINISHED"), ("999", "FAILED")]
     sheet = Image.open(tmp_path / "compare" / "contact_sheet.png")
     assert 2 * 192 < sheet.width < 3 * 192 and sheet.height < 2 * 192  # one row of two, the failed one grey
-
-
-def get(url: str) -> bytes:
-    with urllib.request.urlopen(url, timeout=30) as response:
-        return response.read()
-
-
-def chromium(url: str, profile: Path, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([shutil.which("chromium"), "--headless", "--no-sandbox", "--disable-gpu",
-                           "--disable-background-networking", "--disable-component-update", "--no-first-run",
-                           "--disable-sync", f"--user-data-dir={profile}", "--window-size=1400,900",
-                           "--virtual-time-budget=20000", *args, url], capture_output=True, text=True, timeout=180)
-
-
-@pytest.mark.skipif(shutil.which("chromium") is None,
-                    reason="no Chromium installed (.ci/run installs Debian's chromium; apt-get install chromium)")
-def test_the_mlflow_ui_shows_the_sweep_nesting_and_images(sweep, tmp_path: Path) -> None:
-    folder, store = sweep
-    port = free_port()
-    server = subprocess.Popen([sys.executable, "-m", "mlflow", "server", "--backend-store-uri", store, "--host",
-                               "127.0.0.1", "--port", str(port), "--workers", "1"], cwd=folder,
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    base = f"http://127.0.0.1:{port}"
-    try:
-        for _ in range(120):
-            try:
-                get(f"{base}/health")
-                break
-            except OSError:
-                time.sleep(0.5)
-        experiment = json.loads(get(f"{base}/api/2.0/mlflow/experiments/get-by-name?experiment_name=fvexp"))
-        experiment_id = experiment["experiment"]["experiment_id"]
-        request = urllib.request.Request(f"{base}/api/2.0/mlflow/runs/search", method="POST",
-                                         data=json.dumps({"experiment_ids": [experiment_id]}).encode(),
-                                         headers={"Content-Type": "application/json"})
-        runs = json.loads(get(request))["runs"]
-        tags = [{t["key"]: t["value"] for t in r["data"].get("tags", [])} for r in runs]
-        parent = next(r for r, t in zip(runs, tags, strict=True) if t.get("fvexp.role") == "parent")
-        children = [r for r, t in zip(runs, tags, strict=True)
-                    if t.get("mlflow.parentRunId") == parent["info"]["run_id"]]
-        assert len(children) == 4
-        child = children[0]["info"]["run_id"]
-        assert get(f"{base}/get-artifact?path=image.png&run_uuid={child}").startswith(b"\x89PNG")
-
-        table = chromium(f"{base}/#/experiments/{experiment_id}/runs", tmp_path / "p1", "--dump-dom").stdout
-        assert parent["info"]["run_name"] in table  # the sweep's parent row, its children folded under it
-        shown = re.search(r"(\d+)(?:\s|<[^>]*>)*matching runs", table)
-        assert shown and int(shown.group(1)) == len(runs)  # every run of the experiment is listed
-        page = chromium(f"{base}/#/experiments/{experiment_id}/runs/{child}/artifacts/image.png", tmp_path / "p2",
-                        "--dump-dom").stdout
-        assert 'alt="image.png"' in page  # the logged image is shown on the run's page
-        shot = tmp_path / "runs.png"
-        chromium(f"{base}/#/experiments/{experiment_id}/runs", tmp_path / "p3", f"--screenshot={shot}")
-        assert Image.open(shot).size == (1400, 900)
-    finally:
-        os.killpg(server.pid, signal.SIGTERM)  # the server by its own process id (and its workers)
-        server.wait(timeout=30)
 
 
 def test_eight_parallel_jobs_on_one_sqlite_store_lose_nothing(tmp_path: Path) -> None:

@@ -29,7 +29,7 @@ from fvexp.app.overrides import composition_error
 from fvexp.app.places import config_dir
 from fvexp.app.schema import register, validate
 from fvexp.credentials import redact
-from fvexp.errors import FvexpError, FvexpWarning
+from fvexp.errors import FvexpError, FvexpWarning, unknown
 
 PYTHON_SHOWWARNING = warnings.showwarning  # how Python shows the warnings that are not fvexp's
 
@@ -131,6 +131,11 @@ def run_job(cfg: DictConfig, stop: Stop) -> int:
             "fvexp.sweep": sweep_key(node) if sweep else "",
             "fvexp.job": str(node.job.num) if sweep else ""}
     out_dir = Path(node.runtime.output_dir)
+    try:
+        check_optional_choices(node)
+    except FvexpError as error:
+        print(f"fvexp: error: {error}", file=sys.stderr)
+        return 2
     redact_saved_configs(out_dir / node.output_subdir if node.output_subdir else None)
     job = Job(out_dir, list(node.overrides.task), node.job.override_dirname or None, tags)
     stop.running = True
@@ -155,6 +160,17 @@ def run_job(cfg: DictConfig, stop: Stop) -> int:
         if result.status == "KILLED" and not stop.in_worker:
             raise KeyboardInterrupt  # this job is saved; the signal also stops the rest of the sweep
     return code
+
+
+def check_optional_choices(node: DictConfig) -> None:
+    """A misspelt `experiment` or `ablation` is an error: Hydra skips a missing option of an optional group silently,
+    which would run a plain render in place of the preset."""
+    folders = [Path(source.path) for source in node.runtime.config_sources if source.schema == "file"]
+    for group in ("experiment", "ablation"):
+        choice = node.runtime.choices.get(group)
+        options = sorted({f.stem for folder in folders for f in (folder / group).glob("*.yaml")})
+        if choice and choice not in options:
+            raise unknown(f"{group} option", choice, options)
 
 
 def show_warning(message: Warning | str, category: type[Warning], filename: str, lineno: int,

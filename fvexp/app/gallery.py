@@ -85,7 +85,7 @@ def gallery(cfg: DictConfig, model: FeatureModel, job: Job, tracker: Recorder) -
         tops, scores = beside_channels(cfg, model, folder, shown)
         metrics |= mean_scores(scores) | {f"interpretability.channel.{c}": s["interpretability"]
                                           for c, s in scores.items() if s}
-    sheet, page = write(cfg, folder, layer, shown, job.out_dir, tops)
+    sheet, page = write(cfg, folder, layer, shown, job.out_dir, tops, size)
     (job.out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
     tracker.log_metrics(metrics)
     tracker.log_file(sheet)
@@ -170,7 +170,7 @@ def final_values(model: FeatureModel, objective: Objective, images: torch.Tensor
 
 
 def write(cfg: DictConfig, folder: Path, layer: str, channels: list[int], out_dir: Path,
-          tops: dict[int, Strip]) -> tuple[Path, Path]:
+          tops: dict[int, Strip], per_batch: int) -> tuple[Path, Path]:
     """`gallery.png` (the contact sheet) and `index.html` (one self-contained page) in `out_dir`.
 
     `tops` are each channel's top dataset examples, shown under it on the page.
@@ -188,7 +188,7 @@ def write(cfg: DictConfig, folder: Path, layer: str, channels: list[int], out_di
         cards.append(f'<figure id="c{c}"><img src="{uri(images[c])}" alt="channel {c}">'
                      f"<figcaption>channel {c} · {kept[c]['objective']:.3g}{shown}</figcaption>{strip}</figure>")
     title = f"{html.escape(layer)}: {len(channels)} channels"
-    note = (f"{cfg.render.steps} steps at {cfg.render.size} px, {cfg.task.per_batch} channels per batch"
+    note = (f"{cfg.render.steps} steps at {cfg.render.size} px, {per_batch} channels per batch"
             + (f"; top {EXAMPLES_SHOWN} examples of {html.escape(str(cfg.data.dir))} under each" if tops else ""))
     page = out_dir / "index.html"
     page.write_text(f"""<!doctype html><html><head><meta charset="utf-8"><title>{title}</title><style>

@@ -140,6 +140,11 @@ class Guarded(Recorder):
             self.inner.start(name, params, *(dict(d() if callable(d) else d) for d in (tags, files)))
         except Exception as error:
             reason = f"cannot record this run in {self.where or 'the tracking store'}: {describe(error)}"
+            if self.inner.run_id is not None:  # created, then the start failed (a disk that filled): end it there
+                try:
+                    self.inner.finish("FAILED", reason)
+                except Exception:
+                    reason += f" (its run {self.inner.run_id} stays RUNNING there: `fvexp-orphans --mark` ends it)"
             if self.on_error == "fail":
                 raise FvexpError(f"{reason} (tracking.on_error=fail; tracking.on_error=warn renders without "
                                  "tracking, tracking=none turns it off)") from None

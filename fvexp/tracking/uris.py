@@ -61,6 +61,9 @@ def anchored(uri: str, base: Path) -> str:
 def check_store(uri: str) -> None:
     """Raise `FvexpError` with one line if a run cannot record into `uri`, before MLflow touches it."""
     scheme = check_scheme(uri, f"tracking.uri={redact(uri)}")
+    if scheme == "sqlite" and not uri.startswith("sqlite:///"):
+        raise FvexpError(f"tracking.uri={redact(uri)} names no database file (sqlite:// alone is an in-memory "
+                         "database, gone when the run ends); name a file, e.g. tracking.uri=sqlite:///mlflow.db")
     database = sqlite_path(uri)
     if database is not None:
         check_sqlite_file(database, "move it away, or choose another tracking.uri")
