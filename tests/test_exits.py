@@ -11,12 +11,14 @@ from fvexp.app.recorder import Recorder
 from fvexp.app.result import Job
 from fvexp.app.schema import validate
 from fvexp.errors import FvexpError
-from tests.conftest import fvexp, make
+from tests.conftest import ROOT, fvexp, make
 
 CASES = [  # (arguments, the one line after "fvexp: error: ")
     (["objective.chanel=3"], "unknown key 'objective.chanel'; closest valid: objective.channel"),
-    (["objective=chanel"], "unknown objective option 'chanel'; closest valid: channel"),
-    (["ablation=tvv"], "unknown ablation option 'tvv'; closest valid: tv"),  # an optional group: Hydra skips it
+    (["objective=chanel"], "unknown objective option 'chanel'; closest valid: channel. objective options: "
+                           + ", ".join(sorted(f.stem for f in (ROOT / "conf" / "objective").glob("*.yaml")))),
+    (["ablation=tvv"], "unknown ablation option 'tvv'; closest valid: tv. ablation options: "  # an optional group
+                       + ", ".join(sorted(f.stem for f in (ROOT / "conf" / "ablation").glob("*.yaml")))),
     (["--cfg", "job", "render.steps=-5"],
      "render.steps=-5 is not allowed: render.steps must be a positive number of optimization steps"),
     (["--config-dir", "{tmp}/conf", "objective=broken"],

@@ -281,7 +281,8 @@ def test_a_symlink_loop_indexes_each_image_once(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("override,expected", [
     ("objective.chanel=3", "fvexp.layers: error: unknown key 'objective.chanel'; closest valid: objective.channel"),
-    ("model=torchvison", "fvexp.layers: error: unknown model option 'torchvison'; closest valid: torchvision"),
+    ("model=torchvison", "fvexp.layers: error: unknown model option 'torchvison'; closest valid: torchvision. "
+                         "model options: custom, dinov2_small, efficientnet_lite0, onnx, torchvision"),
     ("--store", "fvexp.layers: error: unknown option --store; fvexp-layers takes the overrides fvexp takes "
                 "(KEY=VALUE), see fvexp-layers --help"),  # issue 22: Hydra's LexerNoViableAltException
     ("render.size=20000", "fvexp.layers: error: render.size=20000 is not allowed: render.size must be the image "

@@ -170,7 +170,7 @@ def check_optional_choices(node: DictConfig) -> None:
         choice = node.runtime.choices.get(group)
         options = sorted({f.stem for folder in folders for f in (folder / group).glob("*.yaml")})
         if choice and choice not in options:
-            raise unknown(f"{group} option", choice, options)
+            raise unknown(f"{group} option", choice, options, hint=f"{group} options: {', '.join(options)}")
 
 
 def show_warning(message: Warning | str, category: type[Warning], filename: str, lineno: int,

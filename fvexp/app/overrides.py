@@ -21,7 +21,8 @@ def composition_error(error: Exception) -> FvexpError:
     """The one-line error for an override Hydra could not apply: a missing key, an unknown option, or Hydra's words."""
     if isinstance(error, MissingConfigException) and error.missing_cfg_file and error.options is not None:
         group, _, option = error.missing_cfg_file.rpartition("/")
-        return unknown(f"{group} option" if group else "config", option, error.options)
+        return unknown(f"{group} option" if group else "config", option, error.options,
+                       hint=f"{group or 'config'} options: {', '.join(sorted(error.options))}")
     cause = error.__cause__
     if (isinstance(error, ConfigCompositionException) and isinstance(cause, ConfigAttributeError | ConfigKeyError)
             and cause.parent_node is not None and cause.full_key):
