@@ -220,8 +220,13 @@ class Guarded(Recorder):
 
 
 def describe(error: BaseException) -> str:
-    """An exception as one short line, credentials redacted: the first line of its message."""
-    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    """An exception as one short line, credentials redacted: the first line of its message that says what happened.
+
+    SQLAlchemy puts a line on how the error was raised ("(raised as a result of Query-invoked autoflush; …)")
+    before the database's own ("(sqlite3.OperationalError) database or disk is full"): that one is kept.
+    """
+    lines = [line.strip() for line in str(error).splitlines()
+             if line.strip() and not line.strip().startswith("(raised as a result of")]
     if isinstance(error, FvexpError) and lines:
         return redact(lines[0])
     return redact(f"{type(error).__name__}: {lines[0][:300]}" if lines else type(error).__name__)
