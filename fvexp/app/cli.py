@@ -25,7 +25,7 @@ from omegaconf import DictConfig, open_dict
 from omegaconf.errors import OmegaConfBaseException
 
 from fvexp.app.outcome import exit_codes, record, shared_file, sweep_key
-from fvexp.app.overrides import composition_error
+from fvexp.app.overrides import composition_error, options_listed
 from fvexp.app.places import config_dir
 from fvexp.app.schema import register, validate
 from fvexp.credentials import redact
@@ -170,7 +170,7 @@ def check_optional_choices(node: DictConfig) -> None:
         choice = node.runtime.choices.get(group)
         options = sorted({f.stem for folder in folders for f in (folder / group).glob("*.yaml")})
         if choice and choice not in options:
-            raise unknown(f"{group} option", choice, options, hint=f"{group} options: {', '.join(options)}")
+            raise unknown(f"{group} option", choice, options, hint=options_listed(group, choice, options))
 
 
 def show_warning(message: Warning | str, category: type[Warning], filename: str, lineno: int,

@@ -22,7 +22,7 @@ def composition_error(error: Exception) -> FvexpError:
     if isinstance(error, MissingConfigException) and error.missing_cfg_file and error.options is not None:
         group, _, option = error.missing_cfg_file.rpartition("/")
         return unknown(f"{group} option" if group else "config", option, error.options,
-                       hint=f"{group or 'config'} options: {', '.join(sorted(error.options))}")
+                       hint=options_listed(group, option, error.options))
     cause = error.__cause__
     if (isinstance(error, ConfigCompositionException) and isinstance(cause, ConfigAttributeError | ConfigKeyError)
             and cause.parent_node is not None and cause.full_key):
@@ -32,6 +32,11 @@ def composition_error(error: Exception) -> FvexpError:
         listed = ", ".join(f"{prefix}.{name}" if prefix else name for name in near or names)
         return FvexpError(f"unknown key {cause.full_key!r}; {'closest valid' if near else 'valid'}: {listed}")
     return FvexpError(hydra_words(error))
+
+
+def options_listed(group: str, option: str, options: list[str]) -> str:
+    """The group's options in full, beside the closest ones (`unknown` lists them itself when none is close)."""
+    return f"{group or 'config'} options: {', '.join(sorted(options))}" if closest(option, options) else ""
 
 
 def hydra_words(error: Exception) -> str:
