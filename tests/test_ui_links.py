@@ -26,9 +26,11 @@ def test_a_server_is_its_own_ui_and_a_database_needs_mlflow_ui() -> None:
     assert ui_address("http://alice:s3cret@tracking:5000/") == ("http://tracking:5000", None)
     store = "sqlite:////data/mlflow.db"
     assert ui_address(store) == ("http://127.0.0.1:5000", f"mlflow ui --backend-store-uri {store} --port 5000")
+    assert ui_address("sqlite:////my runs/m.db")[1] == "mlflow ui --backend-store-uri 'sqlite:////my runs/m.db' " \
+                                                       "--port 5000"  # a path with a space, quoted to be pasted
     said = directions("postgresql://u:pw@db/fvexp", [("this run", "LINK")])
     assert said.splitlines() == ["fvexp: this run in the MLflow UI: LINK", "fvexp: (start the UI with: mlflow ui "
-                                 "--backend-store-uri postgresql://u:***@db/fvexp --port 5000)"]
+                                 "--backend-store-uri 'postgresql://u:***@db/fvexp' --port 5000)"]
 
 
 def test_fvexp_server_links_the_experiments_until_fvexp_s_exists(tmp_path: Path) -> None:

@@ -16,6 +16,7 @@ series of the chart view. A sweep's link therefore filters the experiment to the
 
 from __future__ import annotations
 
+import shlex
 from urllib.parse import quote, urlencode, urlsplit
 
 from fvexp.credentials import redact
@@ -35,7 +36,7 @@ def ui_address(store: str) -> tuple[str, str | None]:
     if parts.scheme in ("http", "https"):
         host = parts.netloc.rpartition("@")[2]
         return parts._replace(netloc=host, query="", fragment="").geturl().rstrip("/"), None
-    return f"http://127.0.0.1:{UI_PORT}", f"mlflow ui --backend-store-uri {redact(store)} --port {UI_PORT}"
+    return f"http://127.0.0.1:{UI_PORT}", f"mlflow ui --backend-store-uri {shlex.quote(redact(store))} --port {UI_PORT}"
 
 
 def page(address: str, route: str, query: dict[str, str]) -> str:
