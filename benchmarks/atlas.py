@@ -34,6 +34,7 @@ def main() -> None:
     parser.add_argument("--picture", help="copy atlas.png here (e.g. docs/atlas.png)")
     parser.add_argument("--whiten", action=argparse.BooleanOptionalAction, default=True,
                         help="task.whiten: render the whitened directions (default) or the raw ones")
+    parser.add_argument("--attempts", type=int, default=1, help="task.attempts: random starts per cell, the best kept")
     parser.add_argument("--dir", help="the atlas folder (task.dir); one left by an earlier run resumes it, so "
                                       "its finished phases then take no time (default: a fresh one)")
     args = parser.parse_args()
@@ -46,7 +47,7 @@ def main() -> None:
         result = fvexp.run("task=atlas", f"objective.layer={args.layer}", f"data.dir={data}",
                            f"task.grid={args.grid}", f"task.per_batch={args.per_batch}", f"render.steps={args.steps}",
                            f"render.size={args.size}", f"task.dir={folder}", f"task.whiten={args.whiten}",
-                           "tracking=none",
+                           f"task.attempts={args.attempts}", "tracking=none",
                            f"hydra.run.dir={Path(scratch) / 'run'}")
         total = time.perf_counter() - started
         metrics = result.metrics

@@ -16,12 +16,12 @@ import statistics
 import tempfile
 import time
 from pathlib import Path
-from types import SimpleNamespace
 
 import torch
 
 from fvexp.optvis import examples
-from fvexp.optvis.models import FeatureModel, efficientnet_lite
+from fvexp.optvis.features import FeatureModel
+from fvexp.optvis.models import efficientnet_lite
 from fvexp.optvis.objectives import channel
 from fvexp.tools.demo import build
 
@@ -52,9 +52,9 @@ def bare(model: FeatureModel, count: int, batch_size: int, size: int) -> float:
 
 def passed(model: FeatureModel, folder: Path, cache: Path, args: argparse.Namespace) -> float:
     """Images per second of the dataset examples' activation pass, cache cold."""
-    data = SimpleNamespace(dir=str(folder), size=args.size, batch_size=args.batch_size, workers=args.workers)
     started = time.perf_counter()
-    examples.activations(model, channel(LAYER, 5).unit, data, "bench", cache, progress=False)
+    examples.activations(model, channel(LAYER, 5).unit, folder, size=args.size, batch_size=args.batch_size,
+                         workers=args.workers, model_key="bench", cache_dir=cache, progress=False)
     return args.images / (time.perf_counter() - started)
 
 

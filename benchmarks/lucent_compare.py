@@ -25,18 +25,23 @@ forward pass, the image size and everything else. The objective both reach is me
 images with fvexp's metrics.
 
 Lucent needs an old kornia (<= 0.4.1) and pulls ipython, pytest, coveralls and more, so it lives in
-its own virtualenv, never in the project's (about 2.5 min, ~5 GB with torch's CUDA wheels):
+its own virtualenv, never in the project's. That virtualenv reads the project's packages (torch
+included, so nothing large is downloaded: under a minute) through a .pth file, and this checkout
+through PYTHONPATH (an editable install's own .pth is not read through another one):
 
     python3 -m venv /tmp/lucent-venv
-    /tmp/lucent-venv/bin/pip install torch==2.14.1 torchvision==0.29.1 torch-lucent==0.1.8 -e .
-    /tmp/lucent-venv/bin/python benchmarks/lucent_compare.py [--rounds 20] [--steps 12] [--threads 2]
+    echo "$PWD/.venv/lib/python3.11/site-packages" > /tmp/lucent-venv/lib/python3.11/site-packages/project.pth
+    /tmp/lucent-venv/bin/pip install torch-lucent==0.1.8 kornia==0.4.1   # finds torch already installed
+    PYTHONPATH=$PWD /tmp/lucent-venv/bin/python benchmarks/lucent_compare.py [--rounds 20] [--steps 12]
+
+(`benchmarks/quality.py` and `benchmarks/measure_validity.py --lucent` run the same way.)
 
 Users run 512-2560 steps, so each library's per-call set-up should not weigh on the figure:
 `--marginal SHORT LONG` instead runs each library as whole processes (`--process NAME --steps N`: build
 the model, one run, exit) of SHORT and LONG steps, the four interleaved in each round, and reports
 the marginal cost of a step, (long - short) / (LONG - SHORT), per library and their ratio:
 
-    /tmp/lucent-venv/bin/python benchmarks/lucent_compare.py --marginal 12 112 --rounds 3
+    PYTHONPATH=$PWD /tmp/lucent-venv/bin/python benchmarks/lucent_compare.py --marginal 12 112 --rounds 3
 """
 
 from __future__ import annotations
@@ -57,8 +62,9 @@ from torch import Tensor, nn
 
 from fvexp.app.build import check_fits, lay_out, resolve_device
 from fvexp.optvis import objectives
+from fvexp.optvis.features import FeatureModel
 from fvexp.optvis.metrics import quality
-from fvexp.optvis.models import FeatureModel, efficientnet_lite
+from fvexp.optvis.models import efficientnet_lite
 from fvexp.optvis.objectives import Objective
 from fvexp.optvis.optimizers import adam
 from fvexp.optvis.params import Fourier

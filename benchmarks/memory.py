@@ -14,12 +14,14 @@ from __future__ import annotations
 import argparse
 import resource
 
+import psutil
 import torch
 from torch import nn
 
 import fvexp
 from fvexp.optvis import objectives
-from fvexp.optvis.models import FeatureModel, efficientnet_lite
+from fvexp.optvis.features import FeatureModel
+from fvexp.optvis.models import efficientnet_lite
 from fvexp.optvis.optimizers import adam
 from fvexp.optvis.params import Fourier
 from fvexp.optvis.render import render
@@ -27,9 +29,8 @@ from fvexp.optvis.transforms import standard
 
 
 def resident_mib() -> float:
-    """The process's resident memory now (not its peak), from /proc."""
-    with open("/proc/self/statm") as statm:
-        return int(statm.read().split()[1]) * resource.getpagesize() / 2**20
+    """The process's resident memory now (not its peak)."""
+    return psutil.Process().memory_info().rss / 2**20
 
 
 def calls(net: nn.Module, count: int, size: int) -> list[float]:

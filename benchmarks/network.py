@@ -19,7 +19,8 @@ import time
 
 import torch
 
-from fvexp.optvis.models import FeatureModel, efficientnet_lite, published_efficientnet_lite
+from fvexp.optvis.features import FeatureModel
+from fvexp.optvis.models import efficientnet_lite, published_efficientnet_lite
 
 
 def step(model: FeatureModel, image: torch.Tensor) -> float:

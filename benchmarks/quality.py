@@ -2,7 +2,7 @@
 
 The panel is fixed before any result is seen: on EfficientNet-Lite0, channels 0, ⌊C/3⌋ and ⌊2C/3⌋
 of `_blocks.3`, `_blocks.6`, `_blocks.10` and `_blocks.14` (C: the layer's channel count), and the
-classes 0, 250, 500 and 750; two seeds each, 32 runs per recipe. Every recipe runs through
+classes 0, 250, 500 and 750; `--seeds` seeds each (two: 32 runs per recipe). Every recipe runs through
 `fvexp.visualize` with the same step count and image size; the learned prior is trained on the
 demo folder by `task=train_prior` at that size first (or given with `--prior`). Per recipe, as
 means over the panel (activation: median):
@@ -38,11 +38,11 @@ import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from types import SimpleNamespace
 
 import numpy as np
 import torch
 from PIL import Image
+from scipy import stats
 from torch import Tensor
 
 import fvexp
@@ -50,10 +50,11 @@ import fvexp.app.api
 import fvexp.app.job
 from fvexp.optvis import examples, sanity
 from fvexp.optvis.data import batches, scan
+from fvexp.optvis.features import LOGITS, FeatureModel
 from fvexp.optvis.images import contact_sheet, to_pil
-from fvexp.optvis.interpretability import Judge, Measures, interpretability
+from fvexp.optvis.interpretability import Judge, Measures, Trial, centre_crop
 from fvexp.optvis.metrics import high_frequency_energy, spectral_slope
-from fvexp.optvis.models import LOGITS, FeatureModel, efficientnet_lite
+from fvexp.optvis.models import efficientnet_lite
 from fvexp.optvis.objectives import Objective, Unit, channel, class_logit
 from fvexp.optvis.onnx import dinov2_small
 
@@ -189,15 +190,19 @@ def lucent_available() -> bool:
 
 
 def measure(recipe: list[str] | None, objectives: list[Objective], model: FeatureModel, args: argparse.Namespace,
-            prior: str, cache: Path, seeds: tuple[int, ...] = SEEDS) -> Row:
-    """Run the recipe on every unit and seed and measure each image against the demo folder."""
-    row = Row([], [], [], [], [], 0.0, [])
+            prior: str, cache: Path, seeds: tuple[int, ...] = SEEDS, trials: dict | None = None) -> Row:
+    """Run the recipe on every unit and seed and measure each image against the demo folder.
+
+    `trials` keeps each unit's 2-AFC (its queries and references embedded by the judge) per seed
+    for the next recipe: the same for every recipe, and the longest part of a score.
+    """
+    row, trials, measures = Row([], [], [], [], [], 0.0, []), {} if trials is None else trials, Measures()
     judge = Judge(efficientnet_lite("lite1"), size=args.size)  # held out: the panel explains Lite0
-    data = SimpleNamespace(dir=str(args.data), size=args.size, batch_size=32, workers=0)
     started = time.perf_counter()
     for objective in objectives:
         unit = resolved(objective, model)
-        acts = examples.activations(model, unit, data, f"quality-panel-{args.panel}", cache, progress=False)
+        acts = examples.activations(model, unit, args.data, size=args.size, batch_size=32, workers=0,
+                                    model_key=f"quality-panel-{args.panel}", cache_dir=cache, progress=False)
         top = examples.select(acts, unit, 8, 1)["top"]
         for seed in seeds:
             if recipe is None:
@@ -213,8 +218,11 @@ def measure(recipe: list[str] | None, objectives: list[Objective], model: Featur
                 row.sanity.append(sanity.check(model, unit.layer, image, acts, top, args.size, seed,
                                                Path(out))["sanity_score"])
             crop = examples.receptive_field(model, unit.layer, args.size) if acts.map_size != (1, 1) else None
-            row.interpretability.append(interpretability(judge, image, acts, unit, args.size, crop, Measures(),
-                                                         seed)["interpretability"])
+            key = (unit.layer, unit.channel, seed)
+            if key not in trials:
+                trials[key] = Trial.of(judge, acts, unit, args.size, crop, measures, seed)
+            seen = centre_crop(image, crop / args.size) if crop else image  # as `interpretability` scores it
+            row.interpretability.append(trials[key].score(judge.embed(seen), measures.bootstrap, seed).share)
             if seed == seeds[0]:
                 row.images.append(image[0].cpu())
     row.seconds = time.perf_counter() - started
@@ -235,7 +243,10 @@ def table(rows: dict[str, Row | None], photos: tuple[float, float]) -> list[str]
         activation, energy, slope = statistics.median(row.activation), statistics.mean(row.energy), \
             statistics.mean(row.slope)
         scores = [s for s in row.interpretability if s is not None]
-        shown = f"{statistics.mean(scores):.3f}" if scores else "not measured"
+        half = stats.t.ppf(0.975, len(scores) - 1) * statistics.stdev(scores) / len(scores) ** 0.5 \
+            if len(scores) > 1 else float("nan")
+        mean = statistics.mean(scores) if scores else float("nan")
+        shown = f"{mean:.3f} [{mean - half:.3f}, {mean + half:.3f}]" if scores else "not measured"
         misses = [miss for miss, ok in ((f"activation {activation:.2f} < 3", activation >= 3),
                                         (f"energy {energy / photos[0]:.1f}× the photos'", energy <= 2 * photos[0]),
                                         (f"slope {slope - photos[1]:+.2f} from theirs", abs(slope - photos[1]) <= 0.3))
@@ -290,6 +301,7 @@ def main() -> None:
     photos = photo_statistics(args.data, args.size)
     rows: dict[str, Row | None] = {}
     args.results.mkdir(parents=True, exist_ok=True)
+    trials: dict = {}  # each unit's 2-AFC, embedded once for every recipe of this call
     for number, (name, recipe) in enumerate(RECIPES.items()):
         if args.only is not None and str(number) not in args.only:
             continue
@@ -301,7 +313,7 @@ def main() -> None:
         elif recipe is None and not lucent_available():
             rows[name] = None
         else:
-            rows[name] = measure(recipe, objectives, model, args, prior, cache)
+            rows[name] = measure(recipe, objectives, model, args, prior, cache, tuple(range(args.seeds)), trials)
             torch.save(vars(rows[name]), kept)
         print("\n".join(table({name: rows[name]}, photos)[-1:]), flush=True)
     if args.only is not None:
@@ -351,9 +363,9 @@ def write(args: argparse.Namespace, lines: list[str], photos: tuple[float, float
         "# Image quality: the panel", "",
         "Written by `benchmarks/quality.py` (its docstring defines the panel and the columns):", "",
         "```bash",
-        f"python benchmarks/quality.py --data outputs/demo_photos --steps {args.steps} --size {args.size}",
-        "```", "",
-        f"{len(LAYERS) * 3 + len(CLASSES)} units × {len(SEEDS)} seeds per recipe, {args.steps} Adam steps at "
+        f"python benchmarks/quality.py --data outputs/demo_photos --steps {args.steps} --size {args.size} "
+        f"--seeds {args.seeds}", "```", "",
+        f"{len(LAYERS) * 3 + len(CLASSES)} units × {args.seeds} seed(s) per recipe, {args.steps} Adam steps at "
         f"{args.size} px, EfficientNet-Lite0 on the CPU; the prior: `{Path(prior).name}` trained by "
         f"`task=train_prior` on the demo folder at data.size={args.size}. Goal: {GOAL}.", "",
         *lines, "", "![the panel, seed 0: one row per recipe](quality.png)", ""]

@@ -22,8 +22,9 @@ from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
 from fvexp.optvis import objectives
+from fvexp.optvis.features import FeatureModel
 from fvexp.optvis.metrics import high_frequency_energy, spectral_slope
-from fvexp.optvis.models import FeatureModel, efficientnet_lite
+from fvexp.optvis.models import efficientnet_lite
 from fvexp.optvis.objectives import INPUT
 from fvexp.optvis.params import Fourier
 from fvexp.optvis.render import render

@@ -3,14 +3,92 @@
 from __future__ import annotations
 
 import difflib
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 LISTED = 12  # choices named in full when none looks like the input
+UNSET = object()  # an `Arg` without a value
 
 
 class FvexpError(Exception):
     """A problem the user can fix by changing the command or the config; printed without a traceback."""
+
+
+@dataclass(frozen=True)
+class Arg:
+    """An argument of one of the library's pieces as a message names it: `piece` is the function or class.
+
+    Python words it as the argument's name, or with `value` as the call (`channel(layer='_blocks.8')`);
+    with no `name`, as the piece itself. The application words it as its config key
+    (`objective.layer=_blocks.8`, `objective=channel`), showing the value as `repr` where `quoted`.
+    """
+
+    piece: Callable[..., Any]
+    name: str = ""
+    value: Any = UNSET
+    quoted: bool = False
+
+    def __str__(self) -> str:
+        if not self.name:
+            return self.piece.__name__
+        return self.name if self.value is UNSET else f"{self.piece.__name__}({self.name}={self.value!r})"
+
+
+@dataclass(frozen=True)
+class Call:
+    """A call a message suggests, `piece(**arguments)`; the application words it as its config choices."""
+
+    piece: Callable[..., Any]
+    arguments: tuple[tuple[str, Any], ...]
+
+    def __str__(self) -> str:
+        return f"{self.piece.__name__}({', '.join(f'{name}={value!r}' for name, value in self.arguments)})"
+
+
+@dataclass(frozen=True)
+class Setting:
+    """A choice the caller made that is no argument of the piece (the image size, the learning rate), in words;
+    the application names the config key that holds it."""
+
+    words: str
+
+    def __str__(self) -> str:
+        return self.words
+
+
+class ArgumentError(FvexpError):
+    """A value one of the library's pieces refuses, kept in parts so that the application can say it in its keys.
+
+    `kind` says what was wrong in a word (range, layer, channel, label, file, ...), `value` is the value,
+    `allowed` what is accepted in words (a range, the kinds of output), `closest` the valid names
+    nearest the value. The message is `template` with its `{fields}` filled from `parts`: `Arg`s, `Call`s
+    and `Setting`s in Python's words here (`str`), in the command line's through `worded`.
+    """
+
+    def __init__(self, template: str, *, kind: str, value: Any = None, allowed: str = "",
+                 closest: Sequence[str] = (), **parts: Any) -> None:
+        self.template, self.parts = template, parts
+        self.kind, self.value, self.allowed, self.closest = kind, value, allowed, list(closest)
+        super().__init__(self.worded(str))
+
+    def worded(self, name: Callable[[Arg | Call | Setting], str]) -> str:
+        """The message with each `Arg`, `Call` and `Setting` named by `name`."""
+        return self.template.format(**{key: name(part) if isinstance(part, Arg | Call | Setting) else part
+                                       for key, part in self.parts.items()})
+
+    def __reduce__(self) -> tuple[type, tuple[str]]:
+        return FvexpError, (str(self),)  # across processes (a joblib worker's result) as its Python message
+
+
+class OutOfRange(ArgumentError):
+    """An argument outside its declared range (`fvexp.ranges`)."""
+
+    def __init__(self, piece: Callable[..., Any], argument: str, value: Any, allowed: str) -> None:
+        super().__init__("{given} is not allowed: {argument} must be {words}", kind="range", value=value,
+                         allowed=allowed, words=allowed, given=Arg(piece, argument, value),
+                         argument=Arg(piece, argument))
 
 
 class FvexpWarning(UserWarning):
@@ -27,18 +105,20 @@ def closest(name: str, choices: Iterable[str], n: int = 5) -> list[str]:
     return matches
 
 
-def unknown(kind: str, name: str, choices: Iterable[str], hint: str = "") -> FvexpError:
-    """An error for a name that is not among `choices`, suggesting the closest ones."""
+def unknown(kind: str | Arg, name: str, choices: Iterable[str], hint: str = "", **parts: Any) -> ArgumentError:
+    """An error for a name that is not among `choices`, suggesting the closest ones.
+
+    `kind` is what the name is, in words or as the argument that took it; `hint` may name arguments as
+    `{fields}` given in `parts` (`Arg`s), as `ArgumentError`'s template does.
+    """
     choices = list(choices)
     suggestions = closest(name, choices)
-    message = f"unknown {kind} {name!r}"
-    if suggestions:
-        message += "; closest valid: " + ", ".join(suggestions)
-    elif len(choices) <= LISTED:  # nothing alike: a short list is given whole, so the user sees what exists
-        message += "; valid: " + ", ".join(choices)
-    if hint:
-        message += f". {hint}"
-    return FvexpError(message)
+    listed = ("; closest valid: " + ", ".join(suggestions) if suggestions
+              else "; valid: " + ", ".join(choices) if len(choices) <= LISTED  # nothing alike: a short list, whole
+              else "")
+    template = "unknown {what} " + f"{name!r}{listed}".replace("{", "{{").replace("}", "}}")
+    template += f". {hint}" if hint else ""
+    return ArgumentError(template, kind=str(kind), value=name, closest=suggestions, what=kind, **parts)
 
 
 def not_a_file(path: str | Path) -> str:

@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import functools
 import os
+import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -22,7 +26,8 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from fvexp.app.schema import register
-from fvexp.optvis.models import FeatureModel, efficientnet_lite
+from fvexp.optvis.features import FeatureModel
+from fvexp.optvis.models import efficientnet_lite
 
 ROOT = Path(__file__).resolve().parents[1]
 PHOTOS = ["astronaut", "chelsea", "coffee", "rocket", "hubble_deep_field", "immunohistochemistry"]
@@ -55,6 +60,35 @@ def fast_tests_start_no_fvexp_process(request: pytest.FixtureRequest, monkeypatc
         original(self, args, *rest, **kwargs)
 
     monkeypatch.setattr(subprocess.Popen, "__init__", guarded)
+
+
+@pytest.fixture
+def ray_dir() -> Iterator[Path]:
+    """Ray's temp folder for one test: short, as Ray's sockets live in it, and named in its processes' arguments."""
+    folder = Path(tempfile.mkdtemp(prefix="fvexp-ray-", dir="/tmp"))
+    yield folder
+    shutil.rmtree(folder, ignore_errors=True)
+
+
+CHROMIUM = shutil.which("chromium")  # Debian's; .ci/run installs it, Playwright drives it (nothing downloads)
+CHROMIUM_FLAGS = ["--no-sandbox", "--disable-background-networking", "--disable-component-update"]
+
+
+@contextlib.contextmanager
+def chromium_page(page: Path) -> Iterator[Any]:
+    """An HTML file open in headless Chromium (a Playwright page), once it and every image on it have loaded."""
+    if CHROMIUM is None:
+        pytest.skip("no Chromium installed to look at the page (apt-get install chromium)")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_FLAGS)
+        try:
+            shown = browser.new_page(viewport={"width": 1200, "height": 900})
+            shown.goto(page.as_uri(), wait_until="load")
+            yield shown
+        finally:
+            browser.close()
 
 
 def free_port() -> int:

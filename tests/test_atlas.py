@@ -10,16 +10,16 @@ import pytest
 import torch
 
 import fvexp
-from fvexp.app.atlas import atlas_dir
-from fvexp.app.build import CPU_PER_BATCH, build, per_batch
-from fvexp.app.schema import validate
+from fvexp.app.atlas import atlas_dir, attempt_name, keep_best
+from fvexp.app.build import CPU_PER_BATCH, batch_size, build
+from fvexp.app.job import run_task
 from fvexp.errors import FvexpError
 from fvexp.optvis import atlas as lib
 from fvexp.optvis import objectives
 from fvexp.optvis.data import open_image, scan
 from fvexp.optvis.objectives import direction, per_image
+from tests.conftest import chromium_page, make
 from tests.conftest import fvexp as run_fvexp
-from tests.conftest import make
 
 LAYER = "_blocks.8"
 SMALL = ["render.size=64", "progress=false", "data.workers=0"]
@@ -35,9 +35,9 @@ def test_cells_average_what_falls_in_them_and_leave_sparse_cells_empty() -> None
 
 
 def test_a_sample_too_small_for_the_grid_is_one_clear_error() -> None:
-    with pytest.raises(FvexpError, match=r"6 activation vectors, too few for a task.grid=3 atlas .*task.grid=2 or"):
+    with pytest.raises(FvexpError, match=r"6 activation vectors, too few for a grid=3 atlas .*grid=2 or"):
         lib.cells(np.random.rand(6, 2), np.random.rand(6, 4), grid=3)
-    with pytest.raises(FvexpError, match=r"no cell of the task.grid=2 atlas holds task.min_count=5"):
+    with pytest.raises(FvexpError, match=r"no cell of the grid=2 atlas holds min_count=5"):
         lib.cells(np.array([[0.25, 0.25], [0.75, 0.25], [0.25, 0.75], [0.75, 0.75]] * 2), np.ones((8, 4)), 2, 5)
 
 
@@ -51,9 +51,9 @@ def test_the_atlas_task_composes_and_checks_its_settings() -> None:
     cfg = make("task=atlas", f"objective.layer={LAYER}")
     assert cfg.task.grid == 20 and cfg.task.class_filter is None
     with pytest.raises(FvexpError, match=r"data.dir=None is not allowed: data.dir must be an image folder"):
-        validate(cfg)
+        run_task(cfg, None, None, None)  # its checks come before the model is used
     with pytest.raises(FvexpError, match=r"task.grid=0 is not allowed"):
-        validate(make("task=atlas", "data.dir=photos", "task.grid=0"))
+        run_task(make("task=atlas", "data.dir=photos", "task.grid=0"), None, None, None)
 
 
 def test_a_folder_named_relative_or_absolute_gives_one_atlas_folder(demo_folder: Path, monkeypatch) -> None:
@@ -73,11 +73,11 @@ def test_without_a_cuda_card_a_null_per_batch_is_16_and_a_set_one_is_kept(model)
     def first(n: int) -> objectives.Objective:
         return per_image([objectives.channel(LAYER, 0)] * n)
 
-    assert per_batch(cfg, model, build(cfg.transforms), first, 112) == CPU_PER_BATCH == 16
+    assert batch_size(cfg, model, build(cfg.transforms), first, 112, cfg.task.per_batch) == CPU_PER_BATCH == 16
     cfg = make("task=atlas", "task.per_batch=5")
-    assert per_batch(cfg, model, build(cfg.transforms), first, 400) == 5
+    assert batch_size(cfg, model, build(cfg.transforms), first, 400, cfg.task.per_batch) == 5
     with pytest.raises(FvexpError, match=r"task.per_batch=0 is not allowed"):
-        validate(make("task=gallery", "task.per_batch=0"))
+        batch_size(cfg, model, build(cfg.transforms), first, 400, 0)
 
 
 def direction_values(model: fvexp.FeatureModel, images: torch.Tensor, directions: list[np.ndarray]) -> torch.Tensor:
@@ -102,6 +102,22 @@ def test_whitening_damps_what_every_position_shares_and_keeps_what_sets_a_cell_a
     cell = vectors[:100].mean(0)
     assert cos(cell, shared) > 0.95 and cos(cell, apart) < 0.3  # the raw mean is mostly the shared part
     assert cos(s @ cell, apart) > 0.8  # whitened, it points at what sets the cell apart
+
+
+def test_of_several_attempts_a_cell_keeps_the_one_its_objective_rates_highest_once_all_are_done(tmp_path) -> None:
+    cells = [lib.Cell(0, 1, np.arange(3), np.ones(4, np.float32)), lib.Cell(2, 0, np.arange(3), np.ones(4, np.float32))]
+    assert attempt_name(cells[0], 0, 1) == "cell_00_01"  # one attempt: the cell's own name, as before
+    for cell, values in zip(cells, ([1.5, 4.0, 2.0], [3.0, None, 9.0]), strict=True):
+        for a, value in enumerate(values):
+            name = attempt_name(cell, a, 3)
+            (tmp_path / f"{name}.png").write_bytes(name.encode())
+            if value is not None:  # the second cell's attempt 1 is not finished
+                (tmp_path / f"{name}.json").write_text(json.dumps({"count": 3, "objective": value}))
+    keep_best(tmp_path, cells, 3)
+    assert (tmp_path / "cell_00_01.png").read_bytes() == b"cell_00_01-attempt1"
+    assert json.loads((tmp_path / "cell_00_01.json").read_text()) == {"count": 3, "objective": 4.0,
+                                                                      "attempt": "cell_00_01-attempt1"}
+    assert not (tmp_path / "cell_02_00.png").exists()  # kept only once every attempt is finished
 
 
 @pytest.mark.slow
@@ -140,6 +156,15 @@ def test_an_atlas_of_the_demo_folder_renders_each_cell_for_its_own_direction(dem
     assert again.returncode == 0, again.stderr
     assert f"resuming the atlas in {folder}: {len(cells)} of {len(cells)} cells are done" in again.stdout
     assert json.loads((tmp_path / "again" / "metrics.json").read_text())["atlas.seconds.render"] < 1
+    with chromium_page(out / "index.html") as shown:  # every image decodes; a cell of the grid links to its card
+        widths = shown.eval_on_selector_all("img", "images => images.map(i => i.naturalWidth)")
+        assert len(widths) >= 2 * len(cells) and min(widths) > 0, widths
+        assert shown.locator(".atlas > *").count() == 9  # a link per rendered cell, an empty place per other
+        link = shown.locator(".atlas a").first
+        target = link.get_attribute("href").removeprefix("#")
+        link.click()
+        assert shown.evaluate("document.querySelector(':target').id") == target
+        assert "positions; the head says" in shown.locator(f"#{target}").inner_text()
 
 
 @pytest.mark.slow
@@ -157,3 +182,18 @@ def test_a_class_atlas_from_python_keeps_only_that_class(demo_folder, model, tmp
     assert result.image.shape[1:] == (3, 64, 64) and result.metrics["atlas.vectors"] == ours
     assert f"of images predicted {name}" in (tmp_path / "py" / "index.html").read_text()
     assert Path(result.path).name == "atlas.png" and (tmp_path / "py" / "scatter.png").exists()
+
+
+@pytest.mark.slow
+def test_an_atlas_with_several_attempts_shows_each_cells_best(demo_folder, model, tmp_path) -> None:
+    kept = tmp_path / "kept"
+    result = fvexp.atlas(model, LAYER, demo_folder, grid=2, samples=160, attempts=2, per_batch=8, steps=4, size=64,
+                         dir=str(kept), progress=False)  # 20 images read: the sample and layout take seconds
+    records = sorted(kept.glob("cell_??_??.json"))
+    assert len(records) == result.metrics["atlas.cells"] > 0
+    for record in records:
+        shown = json.loads(record.read_text())
+        tries = [json.loads((kept / f"{record.stem}-attempt{a}.json").read_text())["objective"] for a in range(2)]
+        best = f"{record.stem}-attempt{tries.index(max(tries))}"
+        assert shown["objective"] == max(tries) and shown["attempt"] == best
+        assert record.with_suffix(".png").read_bytes() == (kept / f"{shown['attempt']}.png").read_bytes()

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import copy
+import os
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -12,6 +15,7 @@ from fvexp.optvis.objectives import Objective
 from fvexp.optvis.params import Fourier
 from fvexp.optvis.render import NonFiniteObjective, fitting, images_that_fit, render
 from fvexp.optvis.transforms import Compose, Jitter, standard
+from tests.conftest import ROOT
 
 
 def adam(params):
@@ -158,6 +162,27 @@ def test_the_plain_adam_is_torchs_bit_for_bit_and_skips_torch_optim(weight_decay
             optimizer.step()
     assert torch.equal(ours, theirs)
     assert isinstance(create(lambda params: torch.optim.SGD(params, lr=1.0), [ours]), torch.optim.SGD)
+
+
+STEPS_EACH_ADAM = """
+import sys, torch
+from fvexp.optvis.optimizers import Adam
+param = torch.nn.Parameter(torch.zeros(3))
+for make in (Adam, torch.optim.Adam):
+    optimizer = make([param])
+    param.grad = torch.ones(3)
+    optimizer.step()
+    print(type(optimizer).__module__, "torch._dynamo" in sys.modules)
+"""
+
+
+@pytest.mark.slow  # a Python process that imports torch and torch._dynamo (3 s)
+def test_fvexps_adam_still_saves_importing_torch_dynamo() -> None:
+    """fvexp keeps its own Adam only while torch.optim imports torch._dynamo (1.3 s; docs/performance.md):
+    this fails when torch stops doing so, and the copy can go."""
+    done = subprocess.run([sys.executable, "-c", STEPS_EACH_ADAM], capture_output=True, text=True, check=True,
+                          env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert done.stdout.splitlines() == ["fvexp.optvis.optimizers False", "torch.optim.adam True"]
 
 
 def test_a_batch_fills_the_share_of_the_card_that_the_probes_measure() -> None:

@@ -6,7 +6,6 @@ import csv
 import os
 import shutil
 from pathlib import Path
-from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -22,17 +21,13 @@ from fvexp.optvis.params import Fourier, Pixel, fit
 LAYER = "_blocks.8"
 
 
-def data(folder: Path, **overrides) -> SimpleNamespace:
-    return SimpleNamespace(**{"dir": str(folder), "size": 224, "batch_size": 16, "workers": 0, **overrides})
-
-
 def acts_of(model, folder: Path, cache: Path, unit=None) -> examples.Activations:
-    return examples.activations(model, unit or channel(LAYER, 5).unit, data(folder), "efficientnet-lite0", cache,
-                                progress=False)
+    return examples.activations(model, unit or channel(LAYER, 5).unit, folder, size=224, batch_size=16, workers=0,
+                                model_key="efficientnet-lite0", cache_dir=cache, progress=False)
 
 
 def test_bad_folders_get_one_clear_error(tmp_path: Path) -> None:
-    with pytest.raises(FvexpError, match=r"is not a folder; point data.dir at a folder of images"):
+    with pytest.raises(FvexpError, match=r"^folder='.*' is not a folder; point folder at a folder of images"):
         scan(tmp_path / "missing")
     (tmp_path / "empty").mkdir()
     with pytest.raises(FvexpError, match=r"holds nothing: fvexp reads \.jpeg, \.jpg, \.png, \.webp files at any depth"):
@@ -73,7 +68,7 @@ def test_top_examples_really_excite_the_unit_and_unreadable_files_are_counted(mo
     assert maps[0, y, x].item() == maps[0].max().item()
 
     crop = examples.receptive_field(model, LAYER, 224)
-    paths = examples.write(tmp_path / "out", acts, unit, chosen, data(folder), crop)
+    paths = examples.write(tmp_path / "out", acts, unit, chosen, 224, crop)
     assert {"top", "bottom", "top_crops", "bottom_crops", "spectrum", "histogram", "csv", "overview"} <= paths.keys()
     with paths["csv"].open() as handle:
         rows = list(csv.DictReader(handle))

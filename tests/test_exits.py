@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from fvexp.app import gallery as gallery_module
+from fvexp.app import batches
+from fvexp.app.job import run_task
 from fvexp.app.recorder import Recorder
 from fvexp.app.result import Job
 from fvexp.app.schema import validate
@@ -44,18 +45,18 @@ def test_bad_input_before_any_job_is_one_line_and_exit_code_2(arguments: list[st
 
 def test_an_interrupted_gallery_says_what_it_kept_and_how_to_go_on(model, tmp_path: Path, capsys,
                                                                    monkeypatch) -> None:
-    rendered = gallery_module.render_batch
+    rendered = batches.render_batch
 
     def stopped_at_the_second(cfg, model, transforms, tracker, folder, number, batch) -> bool:
         if number == 1:
             raise KeyboardInterrupt  # Ctrl-C between the two batches' optimizations
         return rendered(cfg, model, transforms, tracker, folder, number, batch)
 
-    monkeypatch.setattr(gallery_module, "render_batch", stopped_at_the_second)
+    monkeypatch.setattr(batches, "render_batch", stopped_at_the_second)
     cfg = make("task=gallery", "task.channels=[0,1]", "task.per_batch=1", "render.steps=2", "render.size=64",
                "progress=false", "tracking=none", f"task.dir={tmp_path / 'gallery'}")
     (tmp_path / "run").mkdir()
-    result = gallery_module.gallery(cfg, model, Job(tmp_path / "run", []), Recorder())
+    result = run_task(cfg, model, Job(tmp_path / "run", []), Recorder())
     assert result.status == "KILLED"
     assert (f"fvexp: interrupted: 1 of 2 channels are done and kept in {tmp_path / 'gallery'}; run the same command "
             "again to go on from there") in capsys.readouterr().err

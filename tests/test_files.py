@@ -6,7 +6,6 @@ import errno
 import os
 import threading
 from pathlib import Path
-from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -18,8 +17,9 @@ from fvexp.app.result import Job
 from fvexp.errors import FvexpError, FvexpWarning
 from fvexp.optvis import examples
 from fvexp.optvis.images import load
-from fvexp.optvis.models import read_state_dict
+from fvexp.optvis.models import custom
 from fvexp.optvis.objectives import channel
+from fvexp.optvis.weights import read_state_dict
 from tests.conftest import fvexp, make
 
 SHORT = ("render.steps=6", "render.size=64", "progress=false", "tracking=none")
@@ -33,8 +33,8 @@ def photos(folder: Path, demo_folder: Path, count: int = 10) -> Path:
 
 
 def acts_of(model, folder: Path, cache: Path) -> examples.Activations:
-    data = SimpleNamespace(dir=str(folder), size=224, batch_size=16, workers=0)
-    return examples.activations(model, channel("_blocks.8", 5).unit, data, "efficientnet-lite0", cache, progress=False)
+    return examples.activations(model, channel("_blocks.8", 5).unit, folder, size=224, batch_size=16, workers=0,
+                                model_key="efficientnet-lite0", cache_dir=cache, progress=False)
 
 
 def test_a_cache_that_cannot_be_written_costs_the_cache_not_the_pass(model, demo_folder, tmp_path: Path) -> None:
@@ -78,8 +78,8 @@ def test_a_path_that_is_no_file_says_what_it_is(path: str, what: str, tmp_path: 
         load(path, 64, key="objective.image")
     assert str(error.value).startswith(f"objective.image: the image {path!r} {what} (give a path to a ")
     with pytest.raises(FvexpError) as error:
-        read_state_dict(path)
-    assert str(error.value).startswith(f"model.weights_path={path!r} {what}; give the file of a state dict")
+        read_state_dict(path, custom)
+    assert str(error.value).startswith(f"custom(weights_path={path!r}) {what}; give the file of a state dict")
 
 
 def test_a_full_run_folder_keeps_the_run_going_and_the_final_image_is_retried_once(tmp_path: Path, capsys) -> None:

@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from fvexp.optvis.data import open_image
-from tests.conftest import ROOT, fvexp
+from tests.conftest import ROOT, chromium_page, fvexp
 
 pytestmark = pytest.mark.slow
 SMALL = ["render.size=96", "progress=false", "data.workers=0"]
@@ -130,6 +130,10 @@ def test_the_gallery_is_batched_resumable_and_browsable(demo_folder, model, tmp_
     metrics = runs[1].data.metrics
     per_channel = [metrics[f"interpretability.channel.{c}"] for c in range(6)]
     assert metrics["interpretability"] == pytest.approx(sum(per_channel) / 6)
+    with chromium_page(tmp_path / "second" / "index.html") as shown:  # what a reader sees: every image decoded
+        widths = shown.eval_on_selector_all("img", "images => images.map(i => i.naturalWidth)")
+        assert len(widths) == 6 + 6 * 4 and min(widths) > 0, widths
+        assert shown.locator("#c3 figcaption").inner_text().startswith("channel 3 · ")
 
 
 @pytest.mark.parametrize(("args", "message"), [

@@ -10,17 +10,21 @@ from pathlib import Path
 
 import pytest
 import torch
+from omegaconf import DictConfig
 from PIL import Image
 from torch import nn
 
 from fvexp.app.build import build, check_fits
 from fvexp.app.gallery import parse_channels
+from fvexp.app.keys import check_ranges, said
 from fvexp.app.schema import validate
-from fvexp.errors import FvexpError
-from fvexp.optvis import objectives
+from fvexp.errors import ArgumentError, FvexpError, OutOfRange
+from fvexp.optvis import LowRes, objectives, regularizers
 from fvexp.optvis.data import open_image, scan
+from fvexp.optvis.features import FeatureModel
 from fvexp.optvis.images import load
-from fvexp.optvis.models import FeatureModel, custom
+from fvexp.optvis.interpretability import Measures
+from fvexp.optvis.models import custom
 from fvexp.optvis.params import average_magnitude
 from fvexp.optvis.transforms import Compose
 from fvexp.tools import layers
@@ -54,19 +58,31 @@ def token_model() -> FeatureModel:
     return FeatureModel(net, mean=[0.5] * 3, std=[0.5] * 3)
 
 
+def worded(cfg: DictConfig, call, *args) -> str:
+    """The line the command line prints for the library's error in `call(...)`: in `cfg`'s keys."""
+    with pytest.raises(ArgumentError) as error:
+        call(*args)
+    return str(said(error.value, cfg))
+
+
 def test_a_channel_of_a_vector_layer_names_the_class_objective(model) -> None:
     cfg = make("objective.layer=_fc", "objective.channel=3")
-    assert message(check_fits, model, build(cfg.objective), Compose(), 224) == (
+    assert worded(cfg, check_fits, model, build(cfg.objective), Compose(), 224) == (
         "layer '_fc' gives (batch, 1000) vectors, not the (batch, channels, h, w) feature maps objective=channel "
         "reads; use objective=class_logit objective.layer=_fc objective.label=3" + LISTING)
-    assert message(check_fits, model, objectives.neuron("_fc", 7), Compose(), 224) == (
+    assert message(check_fits, model, build(cfg.objective), Compose(), 224) == (  # the library speaks Python
+        "layer '_fc' gives (batch, 1000) vectors, not the (batch, channels, h, w) feature maps channel "
+        "reads; use class_logit(layer='_fc', label=3)" + LISTING)
+    cfg = make("objective=neuron", "objective.layer=_fc", "objective.channel=7")
+    assert worded(cfg, check_fits, model, build(cfg.objective), Compose(), 224) == (
         "layer '_fc' gives (batch, 1000) vectors, not the (batch, channels, h, w) feature maps objective=neuron "
         "reads; use objective=class_logit objective.layer=_fc objective.label=7" + LISTING)
     check_fits(model, objectives.class_logit(3, "_fc"), Compose(), 224)  # what the message proposes works
 
 
 def test_a_class_objective_on_feature_maps_names_the_channel_objective(model) -> None:
-    assert message(check_fits, model, objectives.class_logit("goldfish", "_blocks.8"), Compose(), 224) == (
+    cfg = make("objective=class_logit", "objective.label=goldfish", "objective.layer=_blocks.8")
+    assert worded(cfg, check_fits, model, build(cfg.objective), Compose(), 224) == (
         "layer '_blocks.8' gives (batch, 112, 14, 14) feature maps, not the (batch, classes) vectors "
         "objective=class_logit reads; use objective=channel objective.layer=_blocks.8 objective.channel=1, or a "
         "layer with vectors such as _fc" + LISTING)
@@ -74,18 +90,23 @@ def test_a_class_objective_on_feature_maps_names_the_channel_objective(model) ->
 
 def test_the_diversity_term_needs_feature_maps(model) -> None:
     objective = objectives.class_logit(1, "_fc") + 10 * objectives.diversity("_fc")
-    assert message(check_fits, model, objective, Compose(), 224) == (
+    assert worded(make("diversity.weight=10"), check_fits, model, objective, Compose(), 224) == (
         "diversity.layer '_fc' gives (batch, 1000) vectors, not the (batch, channels, h, w) feature maps the "
         "diversity term reads; set diversity.layer to a layer with feature maps" + LISTING)
+    assert message(check_fits, model, objective, Compose(), 224) == (
+        "layer '_fc' gives (batch, 1000) vectors, not the (batch, channels, h, w) feature maps the "
+        "diversity term reads; set layer to a layer with feature maps" + LISTING)
 
 
 def test_token_layers_are_not_read_as_channels() -> None:
     tokens = token_model()
     # before: channel 20 of a layer of 8 channels indexed token 20 of 64 and was accepted; now the 64 tokens
     # are read as the 8×8 patch grid of the stride-4 patch embedding, with 8 features (fvexp.optvis.tokens)
-    assert message(check_fits, tokens, objectives.channel("1", 20), Compose(), 32) == (
+    assert worded(make(), check_fits, tokens, objectives.channel("1", 20), Compose(), 32) == (
         "channel 20 is out of range for layer '1', which has 8 channels (objective.channel must be 0..7)")
-    assert message(check_fits, tokens, objectives.class_logit(3, "logits", classes=""), Compose(), 32) == (
+    assert message(check_fits, tokens, objectives.channel("1", 20), Compose(), 32) == (
+        "channel 20 is out of range for layer '1', which has 8 channels (channel must be 0..7)")
+    assert worded(make(), check_fits, tokens, objectives.class_logit(3, "logits", classes=""), Compose(), 32) == (
         "layer '2' gives (batch, 6, 8, 8) feature maps, not the (batch, classes) vectors objective=class_logit reads; "
         "use objective=channel objective.layer=2 objective.channel=3" + LISTING)
     check_fits(tokens, objectives.layer("1"), Compose(), 32)
@@ -154,6 +175,27 @@ def test_values_out_of_their_range_are_named(overrides: str, expected: str) -> N
     assert message(validate, make(*overrides.split())) == expected
 
 
+@pytest.mark.parametrize("overrides,build_it,python", [
+    ("param=lowres param.factor=0", lambda: LowRes(1, 64, factor=0),
+     "LowRes(factor=0) is not allowed: factor must be a downscaling factor of at least 1 (1: full resolution)"),
+    ("regularizers.blur.sigma=0", lambda: regularizers.blur(sigma=0.0),
+     "blur(sigma=0.0) is not allowed: sigma must be a positive blur sigma in pixels"),
+    ("model.std=[0,0,0]", lambda: FeatureModel(nn.Identity(), [0.5] * 3, [0.0] * 3),
+     "FeatureModel(std=[0.0, 0.0, 0.0]) is not allowed: std must be non-zero values: the network's input is divided "
+     "by them"),
+    ("measure.queries=0", lambda: Measures(queries=0),
+     "Measures(queries=0) is not allowed: queries must be at least 1"),
+])
+def test_the_pieces_refuse_what_the_command_line_refuses_for_the_same_reason(overrides, build_it, python) -> None:
+    """One declaration (`fvexp.ranges`): the constructor refuses in Python words, the config check in its keys."""
+    with pytest.raises(OutOfRange) as error:
+        build_it()
+    assert str(error.value) == python and error.value.kind == "range"
+    key = overrides.split()[-1].split("=")[0]
+    line = message(check_ranges, make(*overrides.split()))
+    assert line.startswith(f"{key}=") and line.endswith(f"{key} must be {python.partition(' must be ')[2]}")
+
+
 def test_the_ranges_accept_the_defaults_and_their_edges() -> None:
     for overrides in ("", "threads=1", "optimizer=sgd optimizer.momentum=0", "optimizer.betas=[0,0.5]",
                       "param=lowres param.factor=1", "param=laplacian param.levels=1", "render.size=4096"):
@@ -196,7 +238,7 @@ def test_images_beyond_pils_limit_are_refused_in_one_line(tmp_path: Path, small_
     tail = ("has 300 pixels, beyond the 200 pixels PIL decodes (its guard against decompression bombs); use a "
             "smaller copy of it, e.g. resized to 4096 px on its longer side")
     assert message(load, big, 8, key="objective.image") == f"objective.image: the image {str(big)!r} {tail}"
-    assert message(average_magnitude, [str(big)], 8) == f"param.spectrum_from: the image {str(big)!r} {tail}"
+    assert message(average_magnitude, [str(big)], 8) == f"spectrum_from: the image {str(big)!r} {tail}"
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # no DecompressionBombWarning printed either
         assert load(tmp_path / "warned.png", 8, key="objective.image").shape == (1, 3, 8, 8)
@@ -212,25 +254,25 @@ def test_a_weights_file_that_is_not_a_state_dict_says_what_it_holds(tmp_path: Pa
     whole = tmp_path / "whole.pt"
     torch.save(nn.Sequential(nn.Conv2d(3, 4, 3)), whole)
     text = message(custom, net(), weights_path=str(whole))
-    assert text == (f"model.weights_path={str(whole)!r} holds pickled Python objects besides tensors (a whole model "
+    assert text == (f"custom(weights_path={str(whole)!r}) holds pickled Python objects besides tensors (a whole model "
                     f"saved with torch.save(net, PATH)?), which fvexp does not unpickle; fvexp loads only {expected}")
     assert "weights_only" not in text
     checkpoint = tmp_path / "checkpoint.pt"
     torch.save({"epoch": 3, "model": nn.Conv2d(3, 4, 3).state_dict()}, checkpoint)
     assert message(custom, net(), weights_path=str(checkpoint)) == (
-        f"model.weights_path={str(checkpoint)!r} holds a dict with keys epoch, model (its 'model' entry looks like "
+        f"custom(weights_path={str(checkpoint)!r}) holds a dict with keys epoch, model (its 'model' entry looks like "
         f"the state dict: save that one), not {expected}")
     listed = tmp_path / "list.pt"
     torch.save([1, 2], listed)
     assert message(custom, net(), weights_path=str(listed)) == (
-        f"model.weights_path={str(listed)!r} holds a list of 2 items, not {expected}")
+        f"custom(weights_path={str(listed)!r}) holds a list of 2 items, not {expected}")
     text_file = tmp_path / "notes.pt"
     text_file.write_text("not weights\n")
     assert message(custom, net(), weights_path=str(text_file)) == (
-        f"model.weights_path={str(text_file)!r} is not a torch file of tensors; fvexp loads only {expected}")
+        f"custom(weights_path={str(text_file)!r}) is not a torch file of tensors; fvexp loads only {expected}")
     (tmp_path / "empty.pt").touch()
     assert message(custom, net(), weights_path=str(tmp_path / "empty.pt")) == (
-        f"model.weights_path={str(tmp_path / 'empty.pt')!r} is empty; fvexp loads only {expected}")
+        f"custom(weights_path={str(tmp_path / 'empty.pt')!r}) is empty; fvexp loads only {expected}")
 
 
 def write_images(folder: Path, *names: str) -> None:
@@ -254,7 +296,8 @@ def deny(monkeypatch: pytest.MonkeyPatch, *denied: Path) -> None:
 def test_an_unreadable_folder_says_permission_denied(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     write_images(tmp_path, "a/1.png", "b/2.png")
     deny(monkeypatch, tmp_path)
-    assert message(scan, tmp_path) == (f"data.dir={str(tmp_path)!r} cannot be read (permission denied); give fvexp "
+    assert message(scan, tmp_path, "data.dir") == (f"data.dir={str(tmp_path)!r} cannot be read (permission denied); "
+                                                   "give fvexp "
                                        "read access to it or choose another folder")
 
 
@@ -263,7 +306,7 @@ def test_an_unreadable_subfolder_is_named_or_skipped(tmp_path: Path, monkeypatch
     deny(monkeypatch, tmp_path / "b")
     assert scan(tmp_path) == [tmp_path / "a" / "1.png"]  # the others are read (a lost+found, say)
     deny(monkeypatch, tmp_path / "a", tmp_path / "b")
-    assert message(scan, tmp_path) == (
+    assert message(scan, tmp_path, "data.dir") == (  # the key the application names the folder by
         f"data.dir={str(tmp_path)!r} cannot be read (permission denied for {tmp_path / 'a'}); give fvexp read access "
         "to it or choose another folder")
 

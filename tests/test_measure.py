@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
 import torch
@@ -69,11 +68,11 @@ def test_random_references_score_chance_and_examples_beat_them(model, demo_folde
 @pytest.mark.slow
 def test_examples_beat_random_references_over_several_units(model, demo_folder, tmp_path) -> None:
     judge = Judge(efficientnet_lite("lite1"))
-    data = SimpleNamespace(dir=demo_folder, size=224, batch_size=32, workers=0)
     above = []
     for layer, c in (("_blocks.4", 7), ("_blocks.8", 11), ("_blocks.12", 30)):
         unit = channel(layer, c).unit
-        acts = examples.activations(model, unit, data, "lite0", tmp_path, progress=False)
+        acts = examples.activations(model, unit, demo_folder, size=224, batch_size=32, workers=0, model_key="lite0",
+                                    cache_dir=tmp_path, progress=False)
         crop = examples.receptive_field(model, layer, 224)
         scores = interpretability(judge, torch.rand(1, 3, 224, 224), acts, unit, 224, crop, Measures())
         above.append(scores["interpretability.examples"] - scores["interpretability.random"])
@@ -100,9 +99,9 @@ def test_measures_need_enough_images(model, tmp_path: Path) -> None:
     folder.mkdir()
     for i in range(5):
         Image.new("RGB", (64, 64), (i * 40, 0, 0)).save(folder / f"{i}.png")
-    data = SimpleNamespace(dir=folder, size=64, batch_size=8, workers=0)
     unit = channel("_blocks.2", 0).unit
-    acts = examples.activations(model, unit, data, "lite0", tmp_path / "cache", progress=False)
-    with pytest.raises(FvexpError, match=r"needs at least 44 readable images in data.dir \(3 × "
-                                         r"measure.references=8 \+ 2 × 10 queries\), and there are 5"):
+    acts = examples.activations(model, unit, folder, size=64, batch_size=8, workers=0, model_key="lite0",
+                                cache_dir=tmp_path / "cache", progress=False)
+    with pytest.raises(FvexpError, match=r"needs at least 44 readable images in folder \(3 × "
+                                         r"references=8 \+ 2 × 10 queries\), and there are 5"):
         interpretability(Judge.__new__(Judge), torch.rand(1, 3, 64, 64), acts, unit, 64, 32, Measures())

@@ -12,7 +12,6 @@ from __future__ import annotations
 import contextlib
 import os
 import re
-import shutil
 import signal
 import subprocess
 import sys
@@ -29,11 +28,9 @@ from fvexp.tools.server import landing
 from fvexp.tracking.store import PARENT
 from fvexp.tracking.ui import runs_link
 from fvexp.tracking.writer import IMAGE_KEY
-from tests.conftest import free_port, fvexp
+from tests.conftest import CHROMIUM, CHROMIUM_FLAGS, free_port, fvexp
 
 pytestmark = pytest.mark.slow
-CHROMIUM = shutil.which("chromium")
-FLAGS = ["--no-sandbox", "--disable-background-networking", "--disable-component-update"]
 WAIT_MS = 90_000  # the first page of a fresh `mlflow ui` takes seconds on two busy cores
 
 
@@ -90,7 +87,7 @@ def test_the_readme_s_clicks_show_every_arm_and_the_comparison(tmp_path: Path) -
     server = serve(tmp_path, port)
     try:
         with sync_playwright() as playwright:
-            browser = playwright.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
+            browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_FLAGS)
             page = browser.new_page(viewport={"width": 1400, "height": 900})
             page.set_default_timeout(WAIT_MS)
             at = {what: link.replace("127.0.0.1:5000", f"127.0.0.1:{port}") for what, link in printed.items()}

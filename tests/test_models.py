@@ -15,8 +15,8 @@ from PIL import Image
 from torch import nn
 
 from fvexp.errors import FvexpError
+from fvexp.optvis.features import FeatureModel
 from fvexp.optvis.models import (
-    FeatureModel,
     SamePaddedConv2d,
     custom,
     efficientnet_lite,
@@ -26,6 +26,7 @@ from fvexp.optvis.models import (
     torchvision_model,
 )
 from fvexp.optvis.sanity import path_layers
+from fvexp.optvis.weights import imagenet_classes
 from tests.conftest import ROOT, fvexp
 
 
@@ -54,6 +55,14 @@ def test_torchvision_model_loads_a_state_dict_file(resnet18_weights: Path) -> No
     assert model(torch.rand(1, 3, 64, 64)).shape == (1, 1000)
 
 
+def test_the_class_list_read_from_torchvisions_source_is_its_public_one() -> None:
+    """`imagenet_classes` parses torchvision's private `models/_meta.py`: a torchvision that moves or
+    renames that list fails here, not in a user's run."""
+    from torchvision.models import get_model_weights
+
+    assert imagenet_classes() == tuple(get_model_weights("resnet18").DEFAULT.meta["categories"])
+
+
 def test_weights_that_do_not_match_name_the_keys(tmp_path: Path) -> None:
     from torchvision.models import resnet34
 
@@ -71,7 +80,7 @@ def test_offline_without_cached_weights_says_how_to_provide_them(tmp_path: Path,
 
     monkeypatch.setattr(torch.hub, "load_state_dict_from_url", offline)
     with pytest.raises(FvexpError, match=r"the googlenet weights DEFAULT are not in the torch hub cache .* "
-                                         r"pass model\.weights_path=FILE"):
+                                         r"pass weights_path=FILE"):
         torchvision_model("googlenet")
     with pytest.raises(FvexpError, match=r"unknown weights for resnet18 'IMAGENET9'; closest valid: IMAGENET1K_V1"):
         torchvision_model("resnet18", weights="IMAGENET9")
@@ -82,7 +91,7 @@ def test_custom_models_and_grayscale() -> None:
     image = torch.rand(2, 3, 16, 16)
     luminance = (image * torch.tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)).sum(1, keepdim=True)
     assert torch.allclose(gray(image), gray.net((luminance - 0.5) / 0.5))
-    with pytest.raises(FvexpError, match=r"model\.net built a int, not a torch\.nn\.Module"):
+    with pytest.raises(FvexpError, match=r"net is a int, not a torch\.nn\.Module; give the network itself"):
         custom(3)
     with pytest.raises(FvexpError, match=r"one value per input channel: 3 \(RGB\), 1 \(grayscale\) or the channel "
                                          r"count of your network's input, the same for both; got 2 and 3"):
@@ -162,8 +171,8 @@ def test_folded_batch_norms_compute_the_same_network_and_their_convolutions_are_
         model.layer("_blocks.3._project_conv")
     assert str(error.value) == (
         "layer '_blocks.3._project_conv' has its batch norm '_blocks.3._bn2' folded into it for speed, so it outputs "
-        "what '_blocks.3._bn2' did; read '_blocks.3._bn2' for those values, or set model.fold_batch_norm=false to "
-        "read the convolution alone")
+        "what '_blocks.3._bn2' did; read '_blocks.3._bn2' for those values, or set fold_batch_norm=False when "
+        "building the model to read the convolution alone")
     assert plain.layer("_blocks.3._project_conv") is not None
     # the layers on the way to a class read the batch norm in place of its folded convolution (sanity, paths)
     assert path_layers(model, "logits") == ["_bn0", "_conv_head", "_bn1", "_avg_pooling", "_dropout", "_fc"]

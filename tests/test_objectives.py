@@ -55,7 +55,7 @@ def test_unknown_layer_names_the_closest_layers(model) -> None:
 
 def test_channel_out_of_range_gives_the_channel_count(model) -> None:
     with pytest.raises(FvexpError, match=r"channel 112 is out of range for layer '_blocks\.8', which has 112 "
-                                         r"channels \(objective\.channel must be 0\.\.111\)"):
+                                         r"channels \(channel must be 0\.\.111\)"):
         check_fits(model, objectives.channel("_blocks.8", 112), Compose(), 224)
     check_fits(model, objectives.channel("_blocks.8", 111), Compose(), 224)
 
@@ -74,7 +74,7 @@ def test_too_small_image_says_the_minimum_size(model) -> None:
 
 def test_neuron_position_outside_the_map_says_the_range(model) -> None:
     with pytest.raises(FvexpError, match=r"position x=20, y=None is outside layer '_blocks\.8', whose map is "
-                                         r"14x14 .* objective\.x in 0\.\.13"):
+                                         r"14x14 .* x in 0\.\.13 and y in 0\.\.13, or a larger image size"):
         check_fits(model, objectives.neuron("_blocks.8", 0, x=20), Compose(), 224)
 
 

@@ -14,7 +14,8 @@ from pathlib import Path
 import pytest
 from omegaconf import OmegaConf
 
-from fvexp.app.schema import SCHEMAS
+from fvexp.app.places import config_dir
+from fvexp.app.schema import option_schema, options
 from fvexp.app.signatures import parameters
 from tests.conftest import ROOT, fvexp, make
 
@@ -59,6 +60,20 @@ def test_each_layer_imports_only_the_layers_below_it() -> None:
     assert wrong == []
 
 
+# The library's analysis modules (what a run is measured and shown with) beside its optimization core.
+ANALYSIS = {f"fvexp.optvis.{name}" for name in ("examples", "sanity", "interpretability", "atlas", "metrics", "plots")}
+
+
+def test_the_optimization_core_imports_none_of_the_analysis_modules() -> None:
+    """The analysis modules build on the core, never the reverse: the core is usable, and testable, alone.
+
+    They stay in `fvexp.optvis` rather than a package of their own because runs record
+    `measure._target_: fvexp.optvis.interpretability.Measures`; this test keeps the boundary a package would.
+    """
+    core = {m: found for m, found in imports().items() if m.startswith("fvexp.optvis") and m not in ANALYSIS}
+    assert [f"{m} imports {i}" for m, found in core.items() if m != "fvexp.optvis" for i in found & ANALYSIS] == []
+
+
 def test_no_import_circles() -> None:
     graph = imports()
     graph.pop("fvexp")  # the package's lazy attributes are not imports of its modules
@@ -79,7 +94,7 @@ def test_no_import_circles() -> None:
 
 
 def test_the_library_imports_neither_hydra_omegaconf_nor_mlflow() -> None:
-    code = ("import sys, fvexp.optvis, fvexp.optvis.examples, fvexp.optvis.sanity, fvexp.optvis.environment; "
+    code = ("import sys, fvexp.optvis, fvexp.optvis.examples, fvexp.optvis.sanity; "
             "print(sorted({m.split('.')[0] for m in sys.modules} & {'hydra', 'omegaconf', 'mlflow'}))")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
     assert done.returncode == 0, done.stderr
@@ -102,14 +117,14 @@ def test_no_module_keeps_results_in_module_level_containers() -> None:
     assert found == []
 
 
-@pytest.mark.parametrize("group,name", [(g, n) for g, options in SCHEMAS.items() for n in options])
-def test_every_default_is_the_librarys_own(group: str, name: str) -> None:
+@pytest.mark.parametrize("group,name,node", list(options([config_dir()])))
+def test_every_default_is_the_librarys_own(group: str, name: str, node: dict) -> None:
     """A schema read from a signature has exactly the defaults Python's own `inspect` sees."""
-    fields = {f.name: f for f in dataclasses.fields(SCHEMAS[group][name])}
-    target = fields["_target_"].default if "_target_" in fields else ""
+    fields = {f.name: f for f in dataclasses.fields(option_schema(group, name, node))}
+    target = fields["_target_"].default
     module, _, attribute = target.rpartition(".")
     if not target.startswith("fvexp."):
-        return  # a task (fvexp's own settings), or torch's optimizers (read from adam()/sgd(), checked below)
+        return  # torch's optimizers (read from adam()/sgd(), checked below)
     signature = inspect.signature(getattr(importlib.import_module(module), attribute))
     for parameter in signature.parameters.values():
         if parameter.name not in fields or parameter.name == "pieces":  # configs name the pieces: a mapping
@@ -165,6 +180,11 @@ def test_the_wheel_carries_the_configs_and_runs_from_an_empty_folder(tmp_path: P
     where = subprocess.run([sys.executable, "-c", "import fvexp.app.places as p; print(p.__file__, p.config_dir())"],
                            cwd=empty, env=env, capture_output=True, text=True, check=True).stdout.split()
     assert [Path(w).is_relative_to(site) for w in where] == [True, True]
+    page = subprocess.run([sys.executable, "-c", "from pathlib import Path; from fvexp.app.pages import write_page; "
+                           "print(write_page(Path('page.html'), 'compare.html', title='t', pictures=[], "
+                           "header=['arm'], rows=[['tv']]).read_text())"], cwd=empty, env=env, capture_output=True,
+                          text=True)
+    assert "<td>tv</td>" in page.stdout, page.stderr[-3000:]  # the pages' templates travel in the wheel
     done = subprocess.run([str(site / "bin" / "fvexp"), "render.steps=2", "render.size=64", "progress=false"],
                           cwd=empty, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]

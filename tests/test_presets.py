@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from fvexp.tools.claims import PRESETS
+from fvexp.tools.claims import PRESETS, cell
 from tests.conftest import ROOT, fvexp
 
 JOBS = {"enemy": 2, "regularization": 7, "preconditioning": 7, "diversity": 2, "interaction": 3, "logits": 12,
@@ -19,6 +19,13 @@ ARMS = {**JOBS, "logits": 3}  # the logits preset runs each class objective on 4
 
 def test_every_preset_has_a_claims_section() -> None:
     assert set(JOBS) == set(PRESETS) == {p.stem for p in (ROOT / "conf" / "experiment").glob("*.yaml")}
+
+
+def test_an_interpretability_cell_shows_its_interval_when_the_runs_logged_one() -> None:
+    bounds = {"interpretability.low": 0.382, "interpretability.high": 0.582, "interpretability.random.low": 0.44}
+    assert cell(0.482, "interpretability", bounds) == "0.48 [0.38, 0.58]"
+    assert cell(0.487, "interpretability.random", bounds) == "0.487"  # one bound alone is no interval
+    assert cell(0.2044, "high_frequency_energy", bounds) == "0.2044"
 
 
 @pytest.mark.slow

@@ -18,8 +18,8 @@ from fvexp.app.schema import validate
 from fvexp.errors import FvexpError
 from fvexp.optvis import priors, regularizers
 from fvexp.optvis.data import open_image, scan
+from fvexp.optvis.features import LOGITS
 from fvexp.optvis.metrics import high_frequency_energy
-from fvexp.optvis.models import LOGITS
 from fvexp.optvis.objectives import channel
 from fvexp.optvis.optimizers import adam
 from fvexp.optvis.params import Pixel, PriorLatent, fit
@@ -55,11 +55,11 @@ def test_a_prior_file_round_trips_and_its_decoder_draws_images_of_the_run(tmp_pa
 
 
 def test_bad_prior_files_get_one_clear_error(tmp_path: Path) -> None:
-    with pytest.raises(FvexpError, match=r"param.path: the prior file .*nowhere.pt' does not exist; train one with"):
+    with pytest.raises(FvexpError, match=r"^path: the prior file .*nowhere.pt' does not exist; train one with"):
         PriorLatent(batch=1, size=SIZE, path=str(tmp_path / "nowhere.pt"))
     corrupt = tmp_path / "corrupt.pt"
     corrupt.write_bytes(b"not a prior at all")
-    with pytest.raises(FvexpError, match=r"regularizers.prior.path: .*corrupt.pt' is not a readable fvexp prior"):
+    with pytest.raises(FvexpError, match=r"^path: .*corrupt.pt' is not a readable fvexp prior"):
         regularizers.prior(str(corrupt))
     stranger = tmp_path / "stranger.pt"
     torch.save({"weights": torch.zeros(3)}, stranger)
@@ -67,11 +67,11 @@ def test_bad_prior_files_get_one_clear_error(tmp_path: Path) -> None:
         PriorLatent(batch=1, size=SIZE, path=str(stranger))
     path = priors.save(priors.Autoencoder(channels=3, width=8), tmp_path / "prior.pt", SIZE, {})
     with pytest.raises(FvexpError, match=rf"trained on images of {SIZE} px and the run's images are 96 px; use "
-                                         rf"render.size={SIZE}, or train a prior with data.size=96"):
+                                         rf"image size={SIZE}, or train a prior with training image size=96"):
         PriorLatent(batch=1, size=96, path=str(path))
     with pytest.raises(FvexpError, match=r"trained on 3-channel images and the model takes 1-channel images"):
         PriorLatent(batch=1, size=SIZE, path=str(path), channels=1)
-    with pytest.raises(FvexpError, match=r"param=prior needs param.path=PRIOR_FILE"):
+    with pytest.raises(FvexpError, match=r"PriorLatent needs path=PRIOR_FILE"):
         PriorLatent(batch=1, size=SIZE)
 
 
@@ -81,7 +81,7 @@ def test_terms_that_need_data_say_what_is_missing(tmp_path: Path, model) -> None
         validate(make("regularizers.feature_stats.weight=1"))
     with pytest.raises(FvexpError, match=r"param.image must be an image file to start from with param.init=image"):
         validate(make("param.init=image"))
-    with pytest.raises(FvexpError, match=r"regularizers.prior.path=PRIOR_FILE is needed"):
+    with pytest.raises(FvexpError, match=r"path=PRIOR_FILE is needed with a weight on the prior term"):
         regularizers.prior()
     text = tmp_path / "notes.png"
     text.write_text("not an image")
@@ -89,7 +89,7 @@ def test_terms_that_need_data_say_what_is_missing(tmp_path: Path, model) -> None
                           render=SimpleNamespace(size=SIZE, batch=1))
     with pytest.raises(FvexpError, match=r"param.image: cannot read .*notes.png' as an image"):
         start_from(cfg, model, channel("_blocks.6", 3), Pixel(1, SIZE), tmp_path)  # type: ignore[arg-type]
-    with pytest.raises(FvexpError, match=r"regularizers.path.image: the image .* does not exist"):
+    with pytest.raises(FvexpError, match=r"^image: the image .* does not exist"):
         regularizers.path(str(tmp_path / "missing.jpg"), ["_blocks.2"])
 
 
@@ -203,7 +203,7 @@ def test_a_cut_a_malicious_and_a_future_prior_file_are_each_one_line_saying_what
              future: r"is an fvexp prior of format version 7, and this fvexp reads versions 1 and 2; use the fvexp "
                      r"that wrote it, or train one"}
     for path, message in cases.items():
-        with pytest.raises(FvexpError, match=rf"^param.path: '{path}' {message}") as error:
+        with pytest.raises(FvexpError, match=rf"^path: '{path}' {message}") as error:
             PriorLatent(batch=1, size=SIZE, path=str(path))
         assert "\n" not in str(error.value) and "weights_only" not in str(error.value)
 

@@ -4,46 +4,32 @@ from __future__ import annotations
 
 import os
 import secrets
-import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import mlflow
 import numpy as np
+import psutil
 import pytest
 from PIL import Image
 
 from tests.conftest import free_port, fvexp
 
-pytestmark = [pytest.mark.slow, pytest.mark.skipif(not Path("/proc").is_dir(), reason="finds Ray's processes in /proc")]
+pytestmark = pytest.mark.slow
 
 SWEEP = ("objective.channel=0,1", "render.steps=4", "render.size=64", "progress=false")
-
-
-@pytest.fixture
-def ray_dir() -> Iterator[Path]:
-    """Ray's temp folder for one test: short, as Ray's sockets live in it, and named in its processes' arguments."""
-    folder = Path(tempfile.mkdtemp(prefix="fvexp-ray-", dir="/tmp"))
-    yield folder
-    shutil.rmtree(folder, ignore_errors=True)
 
 
 def processes(*folders: Path) -> list[str]:
     """Live processes that name one of `folders` in their arguments or run in one (Ray's workers): 'PID CMDLINE'."""
     found = []
-    for proc in Path("/proc").glob("[0-9]*"):
-        try:
-            cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace").strip()
-            cwd = os.readlink(proc / "cwd")
-        except OSError:  # gone meanwhile, or a zombie
-            continue
-        if int(proc.name) != os.getpid() and any(str(f) in cmdline or cwd.startswith(str(f)) for f in folders):
-            found.append(f"{proc.name} {cmdline[:200]}")
+    for proc in psutil.process_iter(["cmdline", "cwd"]):  # what cannot be read (gone, a zombie) is None
+        cmdline, cwd = " ".join(proc.info["cmdline"] or ()), proc.info["cwd"] or ""
+        if proc.pid != os.getpid() and any(str(f) in cmdline or cwd.startswith(str(f)) for f in folders):
+            found.append(f"{proc.pid} {cmdline[:200]}")
     return found
 
 

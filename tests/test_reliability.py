@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 
 import fvexp
-from fvexp.app.job import execute
+from fvexp.app.job import execute, run_task
 from fvexp.app.recorder import Recorder
 from fvexp.app.result import Job
 from fvexp.errors import FvexpError
@@ -402,8 +402,6 @@ def test_an_atlas_that_cannot_start_leaves_no_folder_and_names_the_limit_of_its_
     # answered, after the sampling, with "more task.per_image, or a larger data.dir", neither of which helps
     from PIL import Image
 
-    from fvexp.app.atlas import atlas
-
     (tmp_path / "photos").mkdir()
     for i in range(2):
         Image.new("RGB", (64, 64), (40 * i, 90, 160)).save(tmp_path / "photos" / f"{i}.png")
@@ -416,7 +414,7 @@ def test_an_atlas_that_cannot_start_leaves_no_folder_and_names_the_limit_of_its_
     for override, message in cases.items():
         cfg = make(*common, "objective.layer=_blocks.8", override)
         with pytest.raises(FvexpError, match=f"^{message}"):
-            atlas(cfg, model, Job(tmp_path / "run"), Recorder())
+            run_task(cfg, model, Job(tmp_path / "run"), Recorder())
         assert not (tmp_path / "atlas").exists()
 
 

@@ -21,7 +21,7 @@ import pytest
 from omegaconf import OmegaConf
 from PIL import Image
 
-from fvexp.optvis.environment import changes, patch_digest
+from fvexp.app.environment import changes, patch_digest
 from fvexp.tools import reproduce, venvs
 from fvexp.tools.rerun import command, unbuildable
 from fvexp.tools.verdict import judge

@@ -191,15 +191,36 @@ def test_an_unreachable_store_is_not_asked_to_end_the_run_and_the_line_names_fve
            "with --store http://tracking:5000)" in err
 
 
-@pytest.mark.slow  # a sweep of two jobs in joblib workers
-@pytest.mark.parametrize("tracking", ["tracking=none", "tracking.uri=http://127.0.0.1:9"])
-def test_a_sweeps_exit_code_does_not_depend_on_the_tracking(tmp_path: Path, tracking: str) -> None:
-    done = fvexp("-m", "hydra/launcher=joblib", tracking, "objective.channel=3,100000", "render.steps=2",
-                 "render.size=64", "progress=false", cwd=tmp_path)
-    assert done.returncode == 2, done.stderr  # as with the basic launcher: a job got bad input
-    assert "channel 100000 is out of range" in done.stderr and "Traceback" not in done.stderr
+SWEEP_SUMMARY = ("fvexp: 1 of 2 jobs did not finish: 1_objective.channel=100000,render.size=64,render.steps=2 FAILED "
+                 "(exit code 2): channel 100000 is out of range for layer '_blocks.8', which has 112 channels "
+                 "(objective.channel must be 0..111)")
+
+
+@pytest.mark.slow  # a sweep of two jobs: in the command's process, in joblib workers, or on a local Ray cluster
+@pytest.mark.parametrize(("launcher", "tracking"), [
+    *((launcher, tracking) for launcher in ("basic", "joblib", "ray_local") for tracking in ("none", "sqlite")),
+    ("joblib", "dead"),  # a store that cannot be reached: tracking.on_error=warn, the default, runs the sweep
+])
+def test_a_sweeps_exit_code_and_summary_do_not_depend_on_the_launcher_or_the_tracking(
+        tmp_path: Path, ray_dir: Path, launcher: str, tracking: str) -> None:
+    store = f"sqlite:///{tmp_path / 's.db'}"
+    options = {"none": ["tracking=none"], "sqlite": [f"tracking.uri={store}"],
+               "dead": ["tracking.uri=http://127.0.0.1:9"]}[tracking]
+    if launcher == "ray_local":
+        options.append(f"+hydra.launcher.ray.init._temp_dir={ray_dir}")
+    done = fvexp("-m", f"hydra/launcher={launcher}", *options, "objective.channel=3,100000", "render.steps=2",
+                 "render.size=64", "progress=false", cwd=tmp_path, timeout=300)
+    assert done.returncode == 2, done.stderr[-3000:]  # a job got bad input
+    assert "Traceback" not in done.stderr
+    assert [line for line in done.stderr.splitlines() if line.startswith("fvexp: 1 of 2")] == [SWEEP_SUMMARY]
     assert len(list(tmp_path.glob("outputs/multirun/*/*/0_*/image.png"))) == 1
-    if "uri" in tracking:  # the dead store costs the sweep its parent run, said once, and nothing else
+    if tracking == "sqlite":  # the parent run counts the jobs as the outcome files do
+        client = reader(store)
+        runs = client.search_runs([experiment.experiment_id for experiment in client.search_experiments()])
+        parent = next(run for run in runs if run.data.tags["fvexp.role"] == "parent")
+        assert parent.info.status == "FINISHED"
+        assert (parent.data.tags["fvexp.jobs.finished"], parent.data.tags["fvexp.jobs.failed"]) == ("1", "1")
+    if tracking == "dead":  # the dead store costs the sweep its parent run, said once, and nothing else
         assert done.stderr.count("cannot record the sweep in http://127.0.0.1:9") == 1
 
 

@@ -97,7 +97,7 @@ def test_reproduce_is_bitwise_and_names_what_changed(sweep) -> None:
 
 
 def test_reproduce_names_a_changed_library_version(sweep, monkeypatch) -> None:
-    from fvexp.optvis import environment
+    from fvexp.app import environment
     from fvexp.tools import reproduce
 
     folder, store = sweep

@@ -41,7 +41,7 @@ def test_direction_is_dot_times_floored_cosine_power() -> None:
 
 
 def test_direction_checks_its_length_and_random_direction_is_seeded(model) -> None:
-    with pytest.raises(FvexpError, match=r"objective\.vector has 2 values but layer '_blocks\.8' has 112 channels"):
+    with pytest.raises(FvexpError, match=r"vector has 2 values but layer '_blocks\.8' has 112 channels"):
         objectives.direction("_blocks.8", [1.0, 2.0]).prepare(model, {"_blocks.8": torch.Size([1, 112, 7, 7])})
     acts = {"a": torch.randn(2, 6, 3, 3)}
     first, again, other = (objectives.random_direction("a", seed=s) for s in (1, 1, 2))
@@ -54,7 +54,7 @@ def test_arithmetic_interpolation_and_logsumexp() -> None:
     c0, c1 = objectives.channel("a", 0), objectives.channel("a", 1)
     combo = objectives.combine([{"weight": 1.0, "objective": c0}, {"weight": -2.0, "objective": c1}])
     assert torch.allclose(combo(ACTS), c0(ACTS) - 2 * c1(ACTS))
-    with pytest.raises(FvexpError, match=r"objective\.terms\[\]\.weight must be a number, got 'x'"):
+    with pytest.raises(FvexpError, match=r"terms\[\]\.weight must be a number, got 'x'"):
         objectives.combine([{"weight": "x", "objective": c0}])
     mix = objectives.interpolate(c0, c1)(ACTS)
     assert torch.allclose(mix, torch.stack([c0(ACTS)[0], (c0(ACTS)[1] + c1(ACTS)[1]) / 2, c1(ACTS)[2]]))
@@ -92,7 +92,7 @@ def test_style_and_inversion_match_their_reference(model, tmp_path: Path) -> Non
         with model.reading(sorted(objective.layers)) as read:
             assert objective(read(reference)).item() == pytest.approx(0.0, abs=1e-6)
             assert objective(read(other)).item() < -0.01
-    with pytest.raises(FvexpError, match=r"objective\.image: the image '/no/such\.png' does not exist"):
+    with pytest.raises(FvexpError, match=r"^image: the image '/no/such\.png' does not exist"):
         objectives.inversion("_blocks.4", "/no/such.png", 96).prepare(model, {})
 
 
@@ -163,7 +163,7 @@ def test_steepest_descent_directions() -> None:
     assert torch.allclose(q.detach() / q.detach().norm(), -p.grad / p.grad.norm(), atol=1e-6)
     white = torch.randn(1, 3, 32, 32)
     assert high_frequency_energy(decorrelate(white, 1.0)) < 0.1 < high_frequency_energy(white)
-    with pytest.raises(FvexpError, match=r"unknown optimizer\.metric 'l3'"):
+    with pytest.raises(FvexpError, match=r"unknown metric 'l3'; use one of l2, linf, decorrelated"):
         SteepestDescent([p], metric="l3")
 
 

@@ -8,7 +8,6 @@ recorded from Python is recorded exactly as a command-line run is.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import itertools
 import json
 import tempfile
@@ -28,10 +27,13 @@ from fvexp.app.job import execute
 from fvexp.app.overrides import composition_error
 from fvexp.app.places import config_dir
 from fvexp.app.result import Job, Result
-from fvexp.app.schema import AtlasConfig, register
+from fvexp.app.schema import TASK_ARGUMENTS, register, search_folders
+from fvexp.app.signatures import parameters
 from fvexp.errors import FvexpError, unknown
-from fvexp.optvis.models import LOGITS, FeatureModel, class_names, own_input_size
+from fvexp.optvis.features import LOGITS, FeatureModel
+from fvexp.optvis.models import own_input_size
 from fvexp.optvis.objectives import Objective
+from fvexp.optvis.weights import class_names
 
 GROUPS = ("param", "transforms", "optimizer", "task")  # keywords that pick a config option by name
 SHORT = {"steps": "render.steps", "size": "render.size", "batch": "render.batch",
@@ -66,6 +68,15 @@ def visualize(model: nn.Module, objective: str | Objective, *, mean: Sequence[fl
     if not isinstance(objective, str | Objective):
         raise FvexpError(f"objective must be 'layer:channel', 'logits:label' or an Objective (fvexp.optvis."
                          f"objectives), not {_described(objective)}")
+    return _in_memory(model, objective, mean=mean, std=std, classes=classes, logits_layer=logits_layer, track=track,
+                      out_dir=out_dir, overrides=overrides, **settings)
+
+
+def _in_memory(model: nn.Module, objective: str | Objective | None, *, mean: Sequence[float] | None = None,
+               std: Sequence[float] | None = None, classes: str | Sequence[str] = (), logits_layer: str = "",
+               track: bool | str = False, out_dir: str | Path | None = None, overrides: Sequence[str] = (),
+               **settings: Any) -> Result:
+    """`visualize`'s run; with `objective` None, the objective the overrides configure (an atlas's layer)."""
     unknown_keys = [k for k in settings if k not in (*GROUPS, *SHORT, *TOP)]
     if unknown_keys:
         raise unknown("setting", unknown_keys[0], [*GROUPS, *SHORT, *TOP],
@@ -75,7 +86,7 @@ def visualize(model: nn.Module, objective: str | Objective, *, mean: Sequence[fl
     tracking = ["tracking=none"] if not track else ["tracking=mlflow"]
     if isinstance(track, str):
         tracking.append(f"tracking.uri={track}")
-    named = [] if isinstance(objective, Objective) else _objective_overrides(objective)
+    named = _objective_overrides(objective) if isinstance(objective, str) else []
     cfg = _compose([*choices, *named, *tracking, *overrides])
     for key, value in settings.items():
         try:
@@ -107,16 +118,17 @@ def atlas(model: nn.Module, layer: str, folder: str | Path, *, overrides: Sequen
     """An activation atlas of `layer` over the images of `folder`: `task=atlas` on a network in memory.
 
     Keywords are the atlas's settings (`grid`, `per_image`, `samples`, `min_count`, `per_batch`,
-    `cossim_pow`, `whiten`, `class_filter`, `opacity`, `examples`, `dir`; see `fvexp.app.schema.AtlasConfig`)
-    and `visualize`'s (`mean`, `std`, `classes`, `steps`, `size`, `track`, `out_dir`, ...). The
+    `cossim_pow`, `whiten`, `class_filter`, `opacity`, `examples`, `dir`, `attempts`; see
+    `fvexp.app.atlas.atlas`) and `visualize`'s (`mean`, `std`, `classes`, `steps`, `size`, `track`, `out_dir`, ...). The
     result's `image` holds the rendered cells (one image per non-empty cell); with `out_dir`,
     `atlas.png`, `scatter.png` and `index.html` are written there. The sample, the layout and the
     finished cells are kept in `outputs/atlas/` (or `dir`), so a second call resumes the first.
     """
-    own = [f.name for f in dataclasses.fields(AtlasConfig) if f.name != "name"]
+    own = [p.name for p in parameters("fvexp.app.atlas.atlas") if p.name not in TASK_ARGUMENTS]
     task = [f"task.{key}={json.dumps(settings.pop(key))}" for key in own if key in settings]
-    return visualize(model, f"{layer}:0", task="atlas",
-                     overrides=[f"data.dir={json.dumps(str(folder))}", *task, *overrides], **settings)
+    return _in_memory(model, None, task="atlas", overrides=[f"objective.layer={json.dumps(layer)}",
+                                                            f"data.dir={json.dumps(str(folder))}", *task, *overrides],
+                      **settings)
 
 
 def run(*overrides: str) -> Result:
@@ -151,7 +163,7 @@ def run(*overrides: str) -> Result:
 
 def _compose(overrides: list[str], hydra: bool = False) -> DictConfig:
     """The command line's config with `overrides`; Hydra's composition errors become one-line `FvexpError`s."""
-    register()
+    register(search_folders(overrides))
     caller = GlobalHydra.instance().hydra if GlobalHydra.instance().is_initialized() else None
     GlobalHydra.instance().clear()  # called from inside a Hydra app: compose fvexp's configs, then give it back
     try:

@@ -19,11 +19,14 @@ from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
+from fvexp.app.environment import sha256
+from fvexp.app.keys import said
 from fvexp.app.places import launch_dir
+from fvexp.app.schema import require
 from fvexp.errors import FvexpError
-from fvexp.optvis.environment import sha256
-from fvexp.optvis.models import FeatureModel
-from fvexp.optvis.objectives import Objective
+from fvexp.optvis.examples import Activations, activations
+from fvexp.optvis.features import FeatureModel
+from fvexp.optvis.objectives import Objective, Unit
 from fvexp.optvis.render import images_that_fit, render
 from fvexp.optvis.transforms import Compose
 
@@ -33,12 +36,14 @@ CPU_PER_BATCH = 16  # images per optimization where `task.per_batch` is null and
 
 
 def build(node: DictConfig, **kwargs: Any) -> Any:
-    """`hydra.utils.instantiate`, but an fvexp error inside a constructor reaches the user unwrapped."""
+    """`hydra.utils.instantiate`, but an fvexp error inside a constructor reaches the user unwrapped, and in the
+    config's keys where `node` is part of the run's config (a detached copy's error is worded by `job.execute`)."""
     try:
         return instantiate(node, **kwargs)
     except InstantiationException as error:
         if isinstance(error.__cause__, FvexpError):
-            raise error.__cause__ from None
+            root = node._get_root()
+            raise (error.__cause__ if root is node else said(error.__cause__, root)) from None
         raise FvexpError(str(error).replace("\n", " ")) from None
 
 
@@ -59,9 +64,12 @@ def lay_out(model: FeatureModel, channels_last: bool | None, device: torch.devic
     return model.to(memory_format=torch.channels_last) if nhwc else model
 
 
-def build_objective(cfg: DictConfig, main: Objective) -> Objective:
-    """The main objective plus every weighted regularizer, diversity and alignment term."""
-    return main + sum(weight * build(term) for weight, term in extra_terms(cfg, main))
+def build_objective(cfg: DictConfig, main: Objective, computed: Mapping[str, Mapping[str, Any]] | None = None
+                    ) -> Objective:
+    """The main objective plus every weighted regularizer, diversity and alignment term; `computed` holds
+    arguments that terms take from the run, by the term's key (`fvexp.app.priors.data_terms`)."""
+    return main + sum(weight * build(term, **(computed or {}).get(key, {}))
+                      for key, weight, term in extra_terms(cfg, main))
 
 
 def build_param(cfg: DictConfig, model: FeatureModel, batch: int) -> torch.nn.Module:
@@ -74,21 +82,21 @@ def build_param(cfg: DictConfig, model: FeatureModel, batch: int) -> torch.nn.Mo
     return build(node)(batch=batch, size=cfg.render.size, channels=model.image_channels).to(model.device)
 
 
-def extra_terms(cfg: DictConfig, main: Objective) -> Iterator[tuple[float, DictConfig]]:
-    """(signed weight, config) of every regularizer, diversity and alignment term whose weight is not 0.
+def extra_terms(cfg: DictConfig, main: Objective) -> Iterator[tuple[str, float, DictConfig]]:
+    """(key, signed weight, config) of every regularizer, diversity and alignment term whose weight is not 0.
 
     Regularizers are penalties, subtracted; diversity and alignment are rewards, added, and default
     to the main objective's layer.
     """
-    for term in cfg.regularizers.values():
+    for key, term in cfg.regularizers.items():
         if term.weight:
-            yield -term.weight, OmegaConf.masked_copy(term, [k for k in term if k != "weight"])
+            yield str(key), -term.weight, OmegaConf.masked_copy(term, [k for k in term if k != "weight"])
     for name in ("diversity", "alignment"):
         term = cfg[name]
         if term.weight:
             layer = term.layer or sole_layer(main, f"{name}.layer")
             settings = OmegaConf.masked_copy(term, [k for k in term if k not in ("weight", "layer")])
-            yield term.weight, OmegaConf.merge(settings, {"layer": layer})
+            yield name, term.weight, OmegaConf.merge(settings, {"layer": layer})
 
 
 def sole_layer(objective: Objective, key: str) -> str:
@@ -105,15 +113,16 @@ def gram_layer(cfg: DictConfig, main: Objective) -> str | None:
     return cfg.diversity.layer or (layers[0] if len(layers) == 1 else None)
 
 
-def per_batch(cfg: DictConfig, model: FeatureModel, transforms: Compose, main: Callable[[int], Objective],
-              count: int) -> int:
-    """`task.per_batch`, or where it is null: on a CUDA card as many images as fit in its memory, in
-    batches of equal size for `count` images; elsewhere `CPU_PER_BATCH`.
+def batch_size(cfg: DictConfig, model: FeatureModel, transforms: Compose, main: Callable[[int], Objective],
+               count: int, per_batch: int | None) -> int:
+    """`per_batch` (a task's `task.per_batch`), or where it is None: on a CUDA card as many images as fit in its
+    memory, in batches of equal size for `count` images; elsewhere `CPU_PER_BATCH`.
 
     `main(batch)` is the per-image objective of a batch, for the one-step probes that measure memory.
     """
-    if cfg.task.per_batch is not None:
-        return cfg.task.per_batch
+    if per_batch is not None:
+        require(per_batch >= 1, "task.per_batch", per_batch, "at least 1 image per optimization")
+        return per_batch
 
     def step(batch: int) -> None:
         objective = build_objective(cfg, main(batch))
@@ -184,6 +193,13 @@ def weights_digest(model: FeatureModel) -> str:
 
 def cache_dir(cfg: DictConfig) -> Path:
     return Path(cfg.data.cache_dir).expanduser() if cfg.data.cache_dir else launch_dir() / "outputs" / "cache"
+
+
+def dataset_activations(cfg: DictConfig, model: FeatureModel, unit: Unit) -> Activations:
+    """The unit's layer over `data.dir` as `data.*` configures its reading, through the run's activation cache."""
+    data = cfg.data
+    return activations(model, unit, data.dir, size=data.size, batch_size=data.batch_size, workers=data.workers,
+                       model_key=model_key(cfg, model), cache_dir=cache_dir(cfg), progress=cfg.progress)
 
 
 def flatten(tree: Mapping[str, Any], prefix: str = "") -> Iterator[tuple[str, Any]]:

@@ -27,7 +27,7 @@ from omegaconf.errors import OmegaConfBaseException
 from fvexp.app.outcome import exit_codes, record, shared_file, sweep_key
 from fvexp.app.overrides import composition_error, options_listed
 from fvexp.app.places import config_dir
-from fvexp.app.schema import register, validate
+from fvexp.app.schema import register, search_folders, validate
 from fvexp.credentials import redact
 from fvexp.errors import FvexpError, FvexpWarning, unknown
 
@@ -41,8 +41,9 @@ class Stop:
     process of a sweep whose jobs run in child processes (joblib), it marks the sweep stopped
     (a file named after this process, which workers check before each job) and is passed on as
     SIGTERM to the children that are running a job, so that each keeps its image; the main
-    process then waits for them and counts them. Later signals are ignored, so that nothing
-    interrupts the saving.
+    process then waits for them and counts them. A worker says that it runs jobs with a file of
+    its own beside that mark (no system reports which processes handle a signal, save Linux's
+    /proc). Later signals are ignored, so that nothing interrupts the saving.
     """
 
     def __init__(self) -> None:
@@ -58,6 +59,12 @@ class Stop:
         """Handle SIGINT and SIGTERM in this process; a worker installs it again for each job."""
         for each in (signal.SIGINT, signal.SIGTERM):
             signal.signal(each, self.handle)
+        if os.getppid() == self.main_pid:  # a joblib worker: the main process passes signals on to it
+            self.worker(os.getpid()).touch()
+
+    def worker(self, pid: int) -> Path:
+        """The file by which process `pid` says it runs this command's jobs (it handles SIGTERM)."""
+        return shared_file(f"worker-{pid}", self.main_pid)
 
     def handle(self, signum: int, frame: FrameType | None) -> None:
         if self.signal is not None:
@@ -68,12 +75,14 @@ class Stop:
         if self.in_worker:
             return  # between jobs: the marker the main process wrote keeps this worker from starting one
         self.marker.write_text(str(self.exit_code))
-        children = child_processes()
+        import psutil  # only once a signal came: `fvexp --help` stays fast
+
+        children = [child.pid for child in psutil.Process().children()]  # joblib's workers run the jobs
         if not children:
             raise KeyboardInterrupt
-        jobs = [pid for pid in children if catches_sigterm(pid)]
-        for pid in jobs:
-            os.kill(pid, signal.SIGTERM)
+        for pid in children:
+            if self.worker(pid).exists():
+                os.kill(pid, signal.SIGTERM)
 
     def stopped_before(self) -> int | None:
         """In a worker: the exit code if the sweep was stopped before this job began."""
@@ -81,6 +90,8 @@ class Stop:
 
     def clear(self) -> None:
         self.marker.unlink(missing_ok=True)
+        for worker in self.marker.parent.glob(shared_file("worker-*", self.main_pid).name):
+            worker.unlink(missing_ok=True)
 
     @property
     def in_worker(self) -> bool:
@@ -89,29 +100,6 @@ class Stop:
     @property
     def exit_code(self) -> int:
         return 128 + (self.signal or signal.SIGINT)
-
-
-def child_processes() -> list[int]:
-    """The processes this one started (Linux: from /proc), which run a sweep's jobs under joblib."""
-    children = []
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            parent = int(stat.read_text().rsplit(")", 1)[1].split()[1])
-        except (OSError, ValueError, IndexError):
-            continue
-        if parent == os.getpid():
-            children.append(int(stat.parent.name))
-    return children
-
-
-def catches_sigterm(pid: int) -> bool:
-    """Whether process `pid` handles SIGTERM, as a worker running a job does (its `Stop` is installed)."""
-    try:
-        caught = next(line for line in Path(f"/proc/{pid}/status").read_text().splitlines()
-                      if line.startswith("SigCgt:"))
-    except (OSError, StopIteration):
-        return False
-    return bool(int(caught.split()[1], 16) >> (signal.SIGTERM - 1) & 1)
 
 
 def run_job(cfg: DictConfig, stop: Stop) -> int:
@@ -198,7 +186,8 @@ def compose_once(config_name: str = "config") -> None:
     first step. Only an `experiment`, a `hydra` override or another primary config can set the
     mode, so without them the first composition could only find it unset; it is skipped, and the
     mode comes from `-m`, as Hydra's own code does for an unset mode. `Hydra.get_mode` is private;
-    hydra-core is pinned (pyproject.toml), and tests/test_config.py checks the wrapper.
+    hydra-core is pinned (pyproject.toml); tests/test_config.py checks the wrapper, and that Hydra
+    still composes once more without it (docs/performance.md: what it saves).
     """
     if getattr(Hydra.get_mode, "composes_once", False):
         return
@@ -211,6 +200,7 @@ def compose_once(config_name: str = "config") -> None:
         return compose_for_mode(self, config_name, overrides)
 
     get_mode.composes_once = True  # type: ignore[attr-defined]
+    get_mode.__wrapped__ = compose_for_mode  # type: ignore[attr-defined]  # Hydra's own, for the tests
     Hydra.get_mode = get_mode  # type: ignore[method-assign]
 
 
@@ -219,7 +209,8 @@ def check_before_showing() -> None:
 
     Hydra prints the config without running a job, so the checks of `validate` that run before
     every job are run here on the same composition. `Hydra.show_cfg` is private; hydra-core is
-    pinned (pyproject.toml), and tests/test_inputs.py checks `--cfg job` with a bad value.
+    pinned (pyproject.toml); tests/test_config.py checks that Hydra still shows the config through
+    it, and tests/test_exits.py checks `fvexp --cfg job` with a bad value.
     """
     if getattr(Hydra.show_cfg, "validates", False):
         return
@@ -234,6 +225,7 @@ def check_before_showing() -> None:
         show(self, config_name, overrides, cfg_type, package, resolve)
 
     show_cfg.validates = True  # type: ignore[attr-defined]
+    show_cfg.__wrapped__ = show  # type: ignore[attr-defined]  # Hydra's own, for the tests
     Hydra.show_cfg = show_cfg  # type: ignore[method-assign]
 
 
@@ -242,7 +234,7 @@ def main() -> None:
     codes: list[int] = []  # one per job run in this process; a sweep goes on past a failed job
     stop = Stop()
     stop.install()
-    register()
+    register(search_folders(sys.argv[1:]))  # the options of --config-dir too
     compose_once()
     check_before_showing()
     full_error = bool(os.environ.get("HYDRA_FULL_ERROR"))  # the user asked for Hydra's tracebacks

@@ -1,10 +1,8 @@
 """`task=gallery`: every channel of a layer, as one contact sheet and one browsable page.
 
-The article ends by inviting readers to browse every channel of a network. One run per channel
-pays the model load, the tracking and the start-up each time and keeps the batch at one image;
-here `task.per_batch` channels (by default, on a CUDA card, as many as fit in its memory) are one
-optimization of a batch whose image i maximizes channel i (`objectives.per_image`), through the same
-`render` loop as every run.
+The article ends by inviting readers to browse every channel of a network. `task.per_batch`
+channels (by default, on a CUDA card, as many as fit in its memory) are one optimization of a batch
+whose image i maximizes channel i (`fvexp.app.batches`, shared with the atlas).
 
 Finished batches are kept in the gallery folder, named by a hash of every setting that changes
 the images (`outputs/gallery/<layer>-<hash>` unless `task.dir` is set). Rerunning a command that
@@ -13,73 +11,59 @@ was interrupted, or that failed, continues with the channels still missing.
 
 from __future__ import annotations
 
-import base64
-import hashlib
-import html
-import io
 import json
 import re
-import sys
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
-import torch
 from omegaconf import DictConfig, OmegaConf
 from PIL import Image
 
-from fvexp.app.build import build, build_objective, build_param, cache_dir, check_fits, model_key, per_batch
+from fvexp.app.batches import Item, digest, finished, image_path, record_path, render_batches
+from fvexp.app.build import batch_size, build, dataset_activations
 from fvexp.app.measure import Measurer
+from fvexp.app.pages import uri, write_page
 from fvexp.app.places import launch_dir
 from fvexp.app.recorder import Recorder
 from fvexp.app.result import Job, Result
 from fvexp.errors import FvexpError
 from fvexp.optvis import examples
 from fvexp.optvis.data import open_image
-from fvexp.optvis.images import contact_sheet, save
-from fvexp.optvis.models import FeatureModel
-from fvexp.optvis.objectives import INPUT, Objective, per_image
-from fvexp.optvis.render import render
-from fvexp.optvis.transforms import Compose
+from fvexp.optvis.features import FeatureModel
+from fvexp.optvis.images import contact_sheet
+from fvexp.optvis.objectives import per_image
 
 COLUMNS = 16
 EXAMPLES_SHOWN = 4  # top dataset examples beside each channel on the page
 Strip = list[tuple[Image.Image, str]]  # images with their captions
 
 
-def gallery(cfg: DictConfig, model: FeatureModel, job: Job, tracker: Recorder) -> Result:
-    """Visualize the channels batch by batch into the gallery folder, then write the sheet and the page."""
+def gallery(cfg: DictConfig, model: FeatureModel, job: Job, tracker: Recorder, *, channels: Any = None,
+            per_batch: int | None = None, dir: str | None = None) -> Result:
+    """Visualize the channels batch by batch into the gallery folder, then write the sheet and the page.
 
+    `channels`: None for every channel of objective.layer, a list [0, 5, 9] or a range "0-31".
+    `per_batch` channels are optimized together, one image each, in one optimization (None: on a
+    CUDA card as many as fit in 80 % of its memory, else `fvexp.app.build.CPU_PER_BATCH`). `dir`
+    keeps the finished channels, to resume (None: outputs/gallery/<layer>-<hash>).
+    """
     if "channel" not in cfg.objective:
         raise FvexpError("task=gallery visualizes the channels of a layer; use objective=channel or objective=neuron "
                          "with objective.layer=...")
     layer = cfg.objective.layer
     count = model.probe([layer], cfg.render.size)[layer][1]
-    channels = parse_channels(cfg.task.channels, count, layer)
+    chosen = parse_channels(channels, count, layer)
     transforms = build(cfg.transforms)
-    size = per_batch(cfg, model, transforms, lambda n: per_image([build(cfg.objective, channel=channels[0])] * n),
-                     len(channels))
-    folder = Path(cfg.task.dir) if cfg.task.dir else (launch_dir() / "outputs" / "gallery" /
-                                                      f"{layer}-{digest(cfg, size)}")
+    size = batch_size(cfg, model, transforms, lambda n: per_image([build(cfg.objective, channel=chosen[0])] * n),
+                      len(chosen), per_batch)
+    folder = Path(dir) if dir else launch_dir() / "outputs" / "gallery" / f"{layer}-{digest(cfg, size)}"
     folder.mkdir(parents=True, exist_ok=True)
     tracker.set_tags({"fvexp.gallery": str(folder.resolve()), "fvexp.per_batch": str(size)})
-    batches = [channels[i : i + size] for i in range(0, len(channels), size)]
-    done = [b for b in batches if all(finished(folder, c) for c in b)]
-    if done:
-        print(f"fvexp: resuming the gallery in {folder}: {sum(map(len, done))} of {len(channels)} channels are done")
-    interrupted = False
-    try:
-        for number, batch in enumerate(batches):
-            if batch not in done:
-                interrupted = not render_batch(cfg, model, transforms, tracker, folder, number, batch)
-            if interrupted:
-                break
-    except KeyboardInterrupt:  # between two batches' optimizations: what is finished is kept all the same
-        interrupted = True
-    shown = [c for c in channels if finished(folder, c)]
-    if interrupted:
-        print(f"fvexp: interrupted: {len(shown)} of {len(channels)} channels are done and kept in {folder}; run the "
-              "same command again to go on from there", file=sys.stderr)
-    metrics = {"gallery.channels": len(shown), "gallery.channels_requested": len(channels)}
+    items = [Item(name(c), build(cfg.objective, channel=c), {"channel": c}) for c in chosen]
+    interrupted = render_batches(cfg, model, transforms, tracker, folder, items, size, "gallery", "channel")
+    shown = [c for c in chosen if finished(folder, name(c))]
+    metrics = {"gallery.channels": len(shown), "gallery.channels_requested": len(chosen)}
     tops: dict[int, Strip] = {}
     if cfg.data.dir and shown and not interrupted:  # a pass over a large folder is not what Ctrl-C asked for
         tops, scores = beside_channels(cfg, model, folder, shown)
@@ -91,28 +75,6 @@ def gallery(cfg: DictConfig, model: FeatureModel, job: Job, tracker: Recorder) -
     tracker.log_file(sheet)
     tracker.log_file(page)
     return Result(None, metrics=metrics, path=sheet, status="KILLED" if interrupted else "FINISHED")
-
-
-def render_batch(cfg: DictConfig, model: FeatureModel, transforms: Compose, tracker: Recorder, folder: Path,
-              number: int, batch: list[int]) -> bool:
-    """Optimize batch `number` (image i for channel batch[i]) and keep it; False if interrupted.
-
-    A batch is kept whole or not at all, so a rerun redoes an interrupted one.
-    """
-    main = per_image([build(cfg.objective, channel=c) for c in batch])
-    objective = build_objective(cfg, main)
-    check_fits(model, objective, transforms, cfg.render.size)
-    torch.manual_seed(cfg.seed + number)
-    param = build_param(cfg, model, len(batch))
-    offset = number * cfg.render.steps
-    result = render(model, objective, param, transforms, build(cfg.optimizer), cfg.render.steps, cfg.seed + number,
-                    on_step=lambda step, value: tracker.log_step(offset + step, value), progress=cfg.progress)
-    if result.interrupted:
-        return False
-    for c, image, value in zip(batch, result.image, final_values(model, main, result.image), strict=True):
-        save(image[None], image_path(folder, c))
-        image_path(folder, c).with_suffix(".json").write_text(json.dumps({"channel": c, "objective": value}))
-    return True
 
 
 def parse_channels(spec: object, count: int, layer: str) -> list[int]:
@@ -139,34 +101,9 @@ def parse_channels(spec: object, count: int, layer: str) -> list[int]:
     return sorted(set(wanted))
 
 
-def digest(cfg: DictConfig, per_batch: int) -> str:
-    """A hash of every setting that changes a gallery's images (not which channels, nor tracking).
-
-    `per_batch` is the batch size in use, which `task.per_batch=null` leaves to the device.
-    """
-    keys = ("model", "objective", "param", "transforms", "optimizer", "regularizers", "render", "seed", "precision",
-            "channels_last")
-    settings = {key: OmegaConf.to_container(cfg[key], resolve=True) if OmegaConf.is_config(cfg[key]) else cfg[key]
-                for key in keys}
-    settings["objective"].pop("channel", None)
-    settings["per_batch"] = per_batch
-    return hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:12]
-
-
-def image_path(folder: Path, channel: int) -> Path:
-    return folder / f"channel_{channel:04d}.png"
-
-
-def finished(folder: Path, channel: int) -> bool:
-    """A channel is finished once its value is written, which happens after its image."""
-    return image_path(folder, channel).with_suffix(".json").exists()
-
-
-@torch.no_grad()
-def final_values(model: FeatureModel, objective: Objective, images: torch.Tensor) -> list[float]:
-    """Each image's own objective on the final, untransformed batch."""
-    with model.reading(objective.network_layers) as read:
-        return objective({**read(images), INPUT: images}).tolist()
+def name(channel: int) -> str:
+    """The name a channel's image and record are kept under in the gallery folder."""
+    return f"channel_{channel:04d}"
 
 
 def write(cfg: DictConfig, folder: Path, layer: str, channels: list[int], out_dir: Path,
@@ -175,27 +112,17 @@ def write(cfg: DictConfig, folder: Path, layer: str, channels: list[int], out_di
 
     `tops` are each channel's top dataset examples, shown under it on the page.
     """
-    kept = {c: json.loads(image_path(folder, c).with_suffix(".json").read_text()) for c in channels}
-    images = {c: Image.open(image_path(folder, c)).convert("RGB") for c in channels}
+    kept = {c: json.loads(record_path(folder, name(c)).read_text()) for c in channels}
+    images = {c: Image.open(image_path(folder, name(c))).convert("RGB") for c in channels}
     cells = [(images[c], f"{c}  {kept[c]['objective']:.3g}") for c in channels]
     sheet = out_dir / "gallery.png"
     contact_sheet(cells, columns=min(COLUMNS, max(1, len(cells))), side=112).save(sheet)
-    cards = []
-    for c in channels:
-        strip = "".join(f'<img class="ex" src="{uri(im)}" title="{html.escape(name)}">' for im, name in tops.get(c, []))
-        score = kept[c].get("scores", {}).get("interpretability")
-        shown = "" if score is None else f" · interpretability {score:.2f}"
-        cards.append(f'<figure id="c{c}"><img src="{uri(images[c])}" alt="channel {c}">'
-                     f"<figcaption>channel {c} · {kept[c]['objective']:.3g}{shown}</figcaption>{strip}</figure>")
-    title = f"{html.escape(layer)}: {len(channels)} channels"
-    note = (f"{cfg.render.steps} steps at {cfg.render.size} px, {per_batch} channels per batch"
-            + (f"; top {EXAMPLES_SHOWN} examples of {html.escape(str(cfg.data.dir))} under each" if tops else ""))
-    page = out_dir / "index.html"
-    page.write_text(f"""<!doctype html><html><head><meta charset="utf-8"><title>{title}</title><style>
-body{{font-family:sans-serif;margin:16px}} figure{{display:inline-block;width:232px;margin:6px;vertical-align:top}}
-figure>img{{width:224px}} img.ex{{width:54px;margin:1px}} figcaption{{font-size:13px}}</style></head>
-<body><h1>{title}</h1><p>{note}</p>{"".join(cards)}</body></html>
-""")
+    cards = [{"channel": c, "image": uri(images[c]), "objective": kept[c]["objective"],
+              "score": kept[c].get("scores", {}).get("interpretability"),
+              "examples": [(uri(image), file) for image, file in tops.get(c, [])]} for c in channels]
+    page = write_page(out_dir / "index.html", "gallery.html", layer=layer, cards=cards, steps=cfg.render.steps,
+                      size=cfg.render.size, per_batch=per_batch, examples=EXAMPLES_SHOWN if tops else 0,
+                      data_dir=str(cfg.data.dir))
     return sheet, page
 
 
@@ -208,17 +135,17 @@ def beside_channels(cfg: DictConfig, model: FeatureModel, folder: Path,
     """
     made_by = OmegaConf.to_container(OmegaConf.masked_copy(cfg, ["measure", "data", "seed"]), resolve=True)
     unit = examples.unit_of(build(cfg.objective, channel=channels[0]), "task=gallery with data.dir")
-    acts = examples.activations(model, unit, cfg.data, model_key(cfg, model), cache_dir(cfg), cfg.progress)
+    acts = dataset_activations(cfg, model, unit)
     crop = examples.receptive_field(model, layer=unit.layer, size=cfg.data.size)
     measurer = Measurer(cfg, model)
     tops, scores = {}, {}
     for c in channels:
         top = examples.select(acts, replace(unit, channel=c), EXAMPLES_SHOWN, 1)["top"]
         tops[c] = [(examples.picture(e, cfg.data.size, crop, acts.map_size), e.file.name) for e in top]
-        record = image_path(folder, c).with_suffix(".json")
+        record = record_path(folder, name(c))
         kept = json.loads(record.read_text())
         if kept.get("scored_with") != made_by:
-            image = open_image(image_path(folder, c), cfg.render.size)[None]
+            image = open_image(image_path(folder, name(c)), cfg.render.size)[None]
             kept["scores"] = measurer.unit(image, acts, replace(unit, channel=c),
                                            crop if acts.map_size != (1, 1) else None)
             kept["scored_with"] = made_by
@@ -233,8 +160,3 @@ def mean_scores(scores: dict[int, dict[str, float]]) -> dict[str, float]:
     return {key: sum(s[key] for s in scores.values()) / len(scores) for key in keys
             if scores and all(key in s for s in scores.values())}
 
-
-def uri(image: Image.Image) -> str:
-    buffer = io.BytesIO()
-    image.save(buffer, format="WEBP", quality=88)
-    return "data:image/webp;base64," + base64.b64encode(buffer.getvalue()).decode()

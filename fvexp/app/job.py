@@ -13,48 +13,43 @@ import os
 import socket
 import sys
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import torch
 from omegaconf import DictConfig, OmegaConf
 from torch import Tensor
 
-from fvexp.app.atlas import atlas
 from fvexp.app.build import (
     build,
     build_model,
     build_objective,
     build_param,
-    cache_dir,
     check_fits,
     configure,
+    dataset_activations,
     flatten,
     gram_layer,
-    model_key,
     resolve_device,
 )
-from fvexp.app.gallery import gallery
+from fvexp.app.environment import describe, sha256
+from fvexp.app.environment import files as environment_files
 from fvexp.app.keeping import Keeper
+from fvexp.app.keys import said
 from fvexp.app.measure import Measurer
-from fvexp.app.priors import prior_tags, train_prior, with_data_terms
+from fvexp.app.priors import data_terms, prior_tags
 from fvexp.app.recorder import Guarded, Recorder
 from fvexp.app.result import Job, Result
-from fvexp.app.schema import thresholds, validate
+from fvexp.app.schema import require_folder, task_call, thresholds, validate
 from fvexp.credentials import redact
 from fvexp.errors import FvexpError
 from fvexp.optvis import examples, sanity
 from fvexp.optvis.data import open_image
-from fvexp.optvis.environment import describe, sha256
-from fvexp.optvis.environment import files as environment_files
+from fvexp.optvis.features import FeatureModel
 from fvexp.optvis.images import load, picture, save
 from fvexp.optvis.metrics import quality
-from fvexp.optvis.models import FeatureModel
 from fvexp.optvis.objectives import Objective
 from fvexp.optvis.params import fit
 from fvexp.optvis.render import NonFiniteObjective, render
-
-Task = Callable[[DictConfig, FeatureModel, Job, Recorder], Result]
 
 
 def execute(cfg: DictConfig, job: Job) -> Result:
@@ -83,9 +78,7 @@ def execute(cfg: DictConfig, job: Job) -> Result:
         if model.weights_path:
             tracker.set_tags({"weights.sha256": sha256(model.weights_path)})
         tracker.set_tags(prior_tags(cfg))
-        task: Task = {"render": render_task, "dataset_examples": examples_task, "gallery": gallery,
-                      "atlas": atlas, "train_prior": train_prior}[cfg.task.name]
-        result = task(cfg, model, job, tracker)
+        result = run_task(cfg, model, job, tracker)
     except KeyboardInterrupt:
         tracker.finish("KILLED", "interrupted")
         raise
@@ -96,11 +89,19 @@ def execute(cfg: DictConfig, job: Job) -> Result:
         tracker.finish("FAILED", unwritable(error))
         raise FvexpError(unwritable(error)) from None
     except Exception as error:
-        tracker.finish("FAILED", str(error) if isinstance(error, FvexpError) else f"{type(error).__name__}: {error}")
-        raise
+        shown = said(error, cfg)  # the library's words in the config's keys
+        tracker.finish("FAILED", str(shown) if isinstance(shown, FvexpError) else f"{type(error).__name__}: {error}")
+        if shown is error:
+            raise
+        raise shown from None
     tracker.finish(result.status, result.error)
     result.run_id = tracker.run_id
     return result
+
+
+def run_task(cfg: DictConfig, model: FeatureModel, job: Job, tracker: Recorder) -> Result:
+    """The function the task's YAML names (`conf/task/<name>.yaml`), called with its settings (`task.*`)."""
+    return build(task_call(cfg.task), _partial_=True)(cfg, model, job, tracker)
 
 
 UNWRITABLE = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.ENAMETOOLONG, errno.ENOTDIR,
@@ -116,8 +117,7 @@ def unwritable(error: OSError) -> str:
 def render_task(cfg: DictConfig, model: FeatureModel, job: Job, tracker: Recorder) -> Result:
     """`task=render`: optimize the image, save it and its metrics, and show dataset examples beside it."""
     main: Objective = job.objective if job.objective is not None else build(cfg.objective)
-    cfg = with_data_terms(cfg, model, main)
-    objective = build_objective(cfg, main)
+    objective = build_objective(cfg, main, data_terms(cfg, model, main))
     transforms = build(cfg.transforms)
     check_fits(model, objective, transforms, cfg.render.size)
     param = build_param(cfg, model, cfg.render.batch)
@@ -141,7 +141,7 @@ def render_task(cfg: DictConfig, model: FeatureModel, job: Job, tracker: Recorde
         last = error.image
         kept = folder.final(lambda: save(last, job.out_dir / "image.png"), tracker.run_id is not None)
         tracker.log_file(kept)
-        return Result(error.image, error.values, path=kept, status="FAILED", error=str(error))
+        return Result(error.image, error.values, path=kept, status="FAILED", error=str(said(error, cfg)))
     seconds = time.perf_counter() - started
     image = folder.final(lambda: save(rendered.image, job.out_dir / "image.png"), tracker.run_id is not None)
     tracker.log_file(image)
@@ -167,6 +167,7 @@ def write_metrics(out_dir: Path, metrics: dict[str, float]) -> Path:
 
 def examples_task(cfg: DictConfig, model: FeatureModel, job: Job, tracker: Recorder) -> Result:
     """`task=dataset_examples`: rank the folder by the objective's unit, no optimization."""
+    require_folder(cfg, "for dataset examples")
     main: Objective = job.objective if job.objective is not None else build(cfg.objective)
     examples.unit_of(main, "task=dataset_examples")
     main.prepare(model, model.probe(main.network_layers, cfg.data.size))
@@ -182,7 +183,7 @@ def examples_beside(cfg: DictConfig, model: FeatureModel, main: Objective, out_d
     With an optimized image, also the sanity check and (with a `measurer`) the interpretability score.
     """
     unit = examples.unit_of(main, "data.dir")
-    acts = examples.activations(model, unit, cfg.data, model_key(cfg, model), cache_dir(cfg), cfg.progress)
+    acts = dataset_activations(cfg, model, unit)
     chosen = examples.select(acts, unit, cfg.data.k, cfg.data.spectrum)
     shown = None
     if optimized is not None:
@@ -190,7 +191,7 @@ def examples_beside(cfg: DictConfig, model: FeatureModel, main: Objective, out_d
             value = examples.reduce(read(optimized[:1])[unit.layer], unit)[0][0, unit.channel]
         shown = (optimized[0], value.item())
     crop = examples.receptive_field(model, unit.layer, cfg.data.size)
-    paths = examples.write(out_dir, acts, unit, chosen, cfg.data, crop, shown)
+    paths = examples.write(out_dir, acts, unit, chosen, cfg.data.size, crop, shown)
     metrics = {"examples.images": len(acts.files), "examples.unreadable": len(acts.unreadable),
                "examples.cached": float(acts.cached), "examples.top1": chosen["top"][0].value,
                "examples.crop_px": crop}
@@ -217,7 +218,7 @@ def start_from(cfg: DictConfig, model: FeatureModel, main: Objective, param: tor
     """
     if cfg.param.init == "dataset_examples":
         unit = examples.unit_of(main, "param.init=dataset_examples")
-        acts = examples.activations(model, unit, cfg.data, model_key(cfg, model), cache_dir(cfg), cfg.progress)
+        acts = dataset_activations(cfg, model, unit)
         files = [e.file for e in examples.select(acts, unit, cfg.render.batch, 1)["top"]]
         if len(files) < cfg.render.batch:
             raise FvexpError(f"param.init=dataset_examples needs render.batch={cfg.render.batch} readable images in "

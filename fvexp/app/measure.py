@@ -12,11 +12,14 @@ from omegaconf import DictConfig
 from torch import Tensor
 
 from fvexp.app.build import build
+from fvexp.app.keys import said
 from fvexp.errors import FvexpError
 from fvexp.optvis.examples import Activations
+from fvexp.optvis.features import LOGITS, FeatureModel
 from fvexp.optvis.interpretability import Judge, Measures, interpretability, transferability
-from fvexp.optvis.models import LOGITS, FeatureModel, efficientnet_lite, imagenet_classes, weights_file
+from fvexp.optvis.models import efficientnet_lite
 from fvexp.optvis.objectives import Objective, Unit
+from fvexp.optvis.weights import imagenet_classes, weights_file
 
 
 class Measurer:
@@ -51,7 +54,7 @@ class Measurer:
                                     self.cfg.seed)
         except FvexpError as error:
             self.skipped = True
-            print(f"fvexp: warning: interpretability score skipped: {error}", file=sys.stderr)
+            print(f"fvexp: warning: interpretability score skipped: {said(error, self.cfg)}", file=sys.stderr)
             return {}
 
     def transfer(self, main: Objective, images: Tensor) -> dict[str, float]:

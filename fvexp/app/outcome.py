@@ -4,13 +4,15 @@ Jobs of a joblib, Ray or SLURM sweep run in other processes, and the command tha
 must still exit non-zero when one failed. Each job writes `outcome.json` (status, exit code, error
 line) beside its `.hydra/` folder; when the sweep ends, `SweepOutcome` (a Hydra callback, in the
 command's process) collects them into a file named after that process, which the command reads
-for its exit code.
+for its exit code, and says in one line which jobs did not finish: the same line whatever the
+launcher (a worker's own lines come prefixed by Ray, or in a log file from SLURM) and the tracking.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import sys
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -43,24 +45,41 @@ def sweep_stopped() -> bool:
     return shared_file("stopped").exists()
 
 
-def outcomes(sweep_dir: Path) -> list[dict[str, Any]]:
-    """The outcome of every job folder of the sweep (a folder with `.hydra/`); a job that wrote none crashed."""
-    found = []
+def outcomes(sweep_dir: Path) -> dict[str, dict[str, Any]]:
+    """The outcome of every job folder of the sweep (a folder with `.hydra/`), by its path in the sweep folder;
+    a job that wrote none crashed."""
+    found = {}
     for hydra_dir in sorted(sweep_dir.rglob(".hydra")):
-        outcome = hydra_dir.parent / OUTCOME
+        folder = hydra_dir.parent
         try:
-            found.append(json.loads(outcome.read_text()))
+            found[str(folder.relative_to(sweep_dir))] = json.loads((folder / OUTCOME).read_text())
         except (OSError, ValueError):
-            found.append({"status": "FAILED", "exit_code": UNRECORDED, "error": f"{hydra_dir.parent} has no {OUTCOME}"})
+            found[str(folder.relative_to(sweep_dir))] = {"status": "FAILED", "exit_code": UNRECORDED,
+                                                         "error": f"{folder} has no {OUTCOME}"}
     return found
 
 
+def summary(found: dict[str, dict[str, Any]]) -> str | None:
+    """One line on the jobs that did not finish, naming the first one's folder and error; None if all finished."""
+    failed = [(folder, outcome) for folder, outcome in found.items() if outcome["status"] != "FINISHED"]
+    if not failed:
+        return None
+    folder, first = failed[0]
+    more = f"; {len(failed) - 1} more, each said in its {OUTCOME}" if len(failed) > 1 else ""
+    error = f": {first['error']}" if first["error"] else ""
+    return (f"fvexp: {len(failed)} of {len(found)} jobs did not finish: {folder} {first['status']} "
+            f"(exit code {first['exit_code']}){error}{more}")
+
+
 class SweepOutcome(Callback):
-    """Collects the jobs' exit codes when a sweep ends, for the command's own exit code."""
+    """Collects the jobs' exit codes when a sweep ends, for the command's own exit code, and says which failed."""
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
-        codes = [outcome["exit_code"] for outcome in outcomes(Path(sweep_key(config.hydra)))]
-        shared_file(EXIT_CODES).write_text(json.dumps(codes))
+        found = outcomes(Path(sweep_key(config.hydra)))
+        shared_file(EXIT_CODES).write_text(json.dumps([outcome["exit_code"] for outcome in found.values()]))
+        line = summary(found)
+        if line:
+            print(line, file=sys.stderr)
 
 
 def exit_codes() -> list[int]:

@@ -4,41 +4,47 @@
 on crops of the folder and prints the prior file's path last; runs point at it with
 `regularizers.prior.path=` or `param=prior param.path=`, and record its sha256 as `prior.sha256`.
 The feature-statistics and path terms need the run's unit and data (the unit's top examples, the
-start image, the layers on the way to the unit): `with_data_terms` fills them in before the
-objective is built, so the library's terms stay plain functions of files and layer names.
+start image, the layers on the way to the unit): `data_terms` computes them, and they are passed
+to the terms as arguments when the objective is built (the config stays as given), so the
+library's terms stay plain functions of files and layer names.
 """
 
 from __future__ import annotations
 
-import copy
 import json
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
-from fvexp.app.build import cache_dir, model_key
+from fvexp.app.build import dataset_activations
+from fvexp.app.environment import sha256
 from fvexp.app.recorder import Recorder
 from fvexp.app.result import Job, Result
+from fvexp.app.schema import require, require_folder
 from fvexp.errors import FvexpError
 from fvexp.optvis import examples, priors
 from fvexp.optvis.data import batches, scan
-from fvexp.optvis.environment import sha256
+from fvexp.optvis.features import FeatureModel
 from fvexp.optvis.images import contact_sheet, to_pil
-from fvexp.optvis.models import FeatureModel
 from fvexp.optvis.objectives import Objective
 from fvexp.optvis.sanity import path_layers
 
 LOG_EVERY = 10  # training steps per point of the loss curve
 
 
-def train_prior(cfg: DictConfig, model: FeatureModel, job: Job, tracker: Recorder) -> Result:
-    """`task=train_prior`: train the prior on data.dir, save `prior.pt` and a picture of what it denoises."""
+def train_prior(cfg: DictConfig, model: FeatureModel, job: Job, tracker: Recorder, **settings: Any) -> Result:
+    """`task=train_prior`: train the prior on data.dir, save `prior.pt` and a picture of what it denoises.
+
+    `settings` are `fvexp.optvis.priors.train`'s (crop, steps, batch, noise, lr, width, latent, depth),
+    which the schema of `task.*` reads from that function, where they are written once.
+    """
+    check_training(cfg, settings)
     images = folder_images(cfg)
     held_out, train_images = images[: max(1, len(images) // 10)], images[max(1, len(images) // 10):]
-    settings = {k: v for k, v in OmegaConf.to_container(cfg.task).items() if k not in ("_target_", "name")}
     losses: list[float] = []
 
     def on_step(step: int, loss: float) -> None:
@@ -73,6 +79,22 @@ def train_prior(cfg: DictConfig, model: FeatureModel, job: Job, tracker: Recorde
     return Result(None, losses, metrics, path, "KILLED" if partial else "FINISHED")
 
 
+def check_training(cfg: DictConfig, settings: dict[str, Any]) -> None:
+    """A folder to train on, a crop that fits data.size, and positive counts."""
+    require_folder(cfg, "to train the prior on")
+    stride = 2 ** settings["depth"]
+    require(settings["steps"] >= 3, "task.steps", settings["steps"], "at least 3 (the learning rate warms up, then "
+            "anneals)")
+    for key in ("batch", "width", "latent", "depth"):
+        require(settings[key] >= 1, f"task.{key}", settings[key], "at least 1")
+    require(settings["lr"] > 0, "task.lr", settings["lr"], "a positive learning rate")
+    require(0 <= settings["noise"] <= 1, "task.noise", settings["noise"], "the largest noise sd, between 0 and 1")
+    require(stride <= settings["crop"] <= cfg.data.size and settings["crop"] % stride == 0, "task.crop",
+            settings["crop"], f"a multiple of 2^task.depth={stride} between {stride} and data.size={cfg.data.size}")
+    require(cfg.data.size % stride == 0, "data.size", cfg.data.size,
+            f"a multiple of 2^task.depth={stride}, so that the prior's decoder can draw images of that size")
+
+
 def stopped(net: priors.Autoencoder, steps: int) -> dict[str, str]:
     """`{"prior.partial": ...}` for a training that Ctrl-C or SIGTERM ended early, said on stderr; else nothing.
 
@@ -92,7 +114,8 @@ def stopped(net: priors.Autoencoder, steps: int) -> dict[str, str]:
 def folder_images(cfg: DictConfig) -> torch.Tensor:
     """Every readable image of data.dir at data.size, as one (N, 3, size, size) tensor, in file order."""
     kept = []
-    for images, readable in batches(scan(cfg.data.dir), cfg.data.size, cfg.data.batch_size, cfg.data.workers):
+    files = scan(cfg.data.dir, "data.dir")
+    for images, readable in batches(files, cfg.data.size, cfg.data.batch_size, cfg.data.workers):
         kept.append(images[readable])
     images = torch.cat(kept)
     if len(images) < 2:
@@ -115,23 +138,21 @@ def prior_tags(cfg: DictConfig) -> dict[str, str]:
     return {"prior.sha256": ",".join(sha256(Path(f).expanduser()) for f in files)} if files else {}
 
 
-def with_data_terms(cfg: DictConfig, model: FeatureModel, main: Objective) -> DictConfig:
-    """`cfg` with the unit's top examples and layers in `feature_stats`, and the start image and path in `path`."""
+def data_terms(cfg: DictConfig, model: FeatureModel, main: Objective) -> dict[str, dict[str, Any]]:
+    """The arguments the feature-statistics and path terms take from the run, by their key in `regularizers`:
+    the unit's top examples and layers (`feature_stats`), the start image and the layers to the unit (`path`)."""
     stats, path = cfg.regularizers.feature_stats, cfg.regularizers.path
-    if not stats.weight and not path.weight:
-        return cfg
-    cfg = copy.deepcopy(cfg)
+    computed: dict[str, dict[str, Any]] = {}
     if stats.weight:
         unit = examples.unit_of(main, "regularizers.feature_stats")
-        layers = list(stats.layers) or spatial_path(model, unit.layer)[-1:]
-        images = list(stats.images) or top_examples(cfg, model, main)
-        OmegaConf.update(cfg, "regularizers.feature_stats", {"layers": layers, "images": images, "size": cfg.data.size})
+        computed["feature_stats"] = {"layers": list(stats.layers) or spatial_path(model, unit.layer)[-1:],
+                                     "images": list(stats.images) or top_examples(cfg, model, main),
+                                     "size": cfg.data.size}
     if path.weight:
         unit = examples.unit_of(main, "regularizers.path")
-        OmegaConf.update(cfg, "regularizers.path", {"image": path.image or cfg.param.image,
-                                                     "layers": list(path.layers) or spatial_path(model, unit.layer),
-                                                     "size": cfg.render.size})
-    return cfg
+        computed["path"] = {"image": path.image or cfg.param.image,
+                            "layers": list(path.layers) or spatial_path(model, unit.layer), "size": cfg.render.size}
+    return computed
 
 
 def spatial_path(model: FeatureModel, layer: str) -> list[str]:
@@ -148,5 +169,5 @@ def spatial_path(model: FeatureModel, layer: str) -> list[str]:
 def top_examples(cfg: DictConfig, model: FeatureModel, main: Objective) -> list[str]:
     """The files of the unit's top data.k examples in data.dir, from the activation cache."""
     unit = examples.unit_of(main, "regularizers.feature_stats")
-    acts = examples.activations(model, unit, cfg.data, model_key(cfg, model), cache_dir(cfg), cfg.progress)
+    acts = dataset_activations(cfg, model, unit)
     return [str(e.file) for e in examples.select(acts, unit, cfg.data.k, 1)["top"]]

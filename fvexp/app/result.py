@@ -8,7 +8,7 @@ from pathlib import Path
 
 from torch import Tensor
 
-from fvexp.optvis.models import FeatureModel
+from fvexp.optvis.features import FeatureModel
 from fvexp.optvis.objectives import Objective
 
 EXIT_CODES = {"FINISHED": 0, "FAILED": 1, "KILLED": 130}

@@ -57,7 +57,6 @@ def parameters(target: str) -> list[Parameter]:
     """The keyword parameters of `target` ("package.module.function" or "...Class"), from its source."""
     module, _, name = target.rpartition(".")
     tree = _tree(module)
-    constants = _constants(module)
     found = next((n for n in tree.body if getattr(n, "name", None) == name), None)
     if isinstance(found, ast.ClassDef):
         found = next((n for n in found.body if isinstance(n, ast.FunctionDef) and n.name == "__init__"), found)
@@ -69,8 +68,34 @@ def parameters(target: str) -> list[Parameter]:
     positional = args.posonlyargs + args.args
     defaults = [dataclasses.MISSING] * (len(positional) - len(args.defaults)) + list(args.defaults)
     pairs = list(zip(positional, defaults, strict=True)) + list(zip(args.kwonlyargs, args.kw_defaults, strict=True))
-    return [Parameter(arg.arg, _annotation(arg.annotation), _default(default, constants))
-            for arg, default in pairs if arg.arg != "self"]
+    own = [Parameter(arg.arg, _annotation(arg.annotation), _default(default, module))
+           for arg, default in pairs if arg.arg != "self"]
+    return own + (_forwarded(found, module, args.kwarg.arg) if args.kwarg else [])
+
+
+def _forwarded(function: ast.FunctionDef, module: str, kwarg: str) -> list[Parameter]:
+    """The parameters a `**kwarg` stands for: those of the call that passes it on (`train(images, seed=..., **kwarg)`),
+    less the ones that call fills itself, so that a wrapper's settings are the wrapped function's, written once."""
+    for call in (node for node in ast.walk(function) if isinstance(node, ast.Call)):
+        if any(k.arg is None and isinstance(k.value, ast.Name) and k.value.id == kwarg for k in call.keywords):
+            given = {k.arg for k in call.keywords if k.arg} | {"self"}
+            return [p for p in parameters(_dotted(call.func, module))[len(call.args):] if p.name not in given]
+    return []
+
+
+def _dotted(func: ast.expr, module: str) -> str:
+    """The dotted name of a called function (`priors.train`, `train`) from the imports of `module`."""
+    head, _, rest = ast.unparse(func).partition(".")
+    for node in _tree(module).body:
+        if isinstance(node, ast.ImportFrom) and node.module:
+            for alias in node.names:
+                if (alias.asname or alias.name) == head:
+                    return ".".join(filter(None, (node.module, alias.name, rest)))
+        elif isinstance(node, ast.Import):
+            for alias in node.names:
+                if (alias.asname or alias.name) == head:
+                    return ".".join(filter(None, (alias.name, rest)))
+    return ".".join(filter(None, (module, head, rest)))
 
 
 @cache
@@ -95,17 +120,17 @@ def _source(module: str) -> Path:
     raise LookupError(f"no module {module}")
 
 
-@cache
-def _constants(module: str) -> dict[str, ast.expr]:
-    """Module-level names a default may use: literal assignments, and names imported from fvexp modules."""
-    found: dict[str, ast.expr] = {}
+def _constant(module: str, name: str) -> ast.expr | None:
+    """The value of a module-level name a default uses: a literal assignment, or one imported from an fvexp
+    module (only that module is read: a task's module imports many)."""
     for node in _tree(module).body:
-        if isinstance(node, ast.Assign):
-            found |= {t.id: node.value for t in node.targets if isinstance(t, ast.Name)}
-        elif isinstance(node, ast.ImportFrom) and (node.module or "").startswith("fvexp."):
-            source = _constants(node.module)
-            found |= {a.asname or a.name: source[a.name] for a in node.names if a.name in source}
-    return found
+        if isinstance(node, ast.Assign) and any(isinstance(t, ast.Name) and t.id == name for t in node.targets):
+            return node.value
+        if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("fvexp."):
+            for alias in node.names:
+                if (alias.asname or alias.name) == name:
+                    return _constant(node.module, alias.name)
+    return None
 
 
 def _annotation(node: ast.expr | None) -> Any:
@@ -115,11 +140,11 @@ def _annotation(node: ast.expr | None) -> Any:
     return eval(source, {"__builtins__": {}}, _Names(NAMES))  # names only: no calls, nothing imported
 
 
-def _default(node: ast.expr | object, constants: dict[str, ast.expr]) -> Any:
+def _default(node: ast.expr | object, module: str) -> Any:
     if node is dataclasses.MISSING or node is None:
         return dataclasses.MISSING
-    if isinstance(node, ast.Name) and node.id in constants:
-        node = constants[node.id]
+    if isinstance(node, ast.Name):
+        node = _constant(module, node.id) or node
     return ast.literal_eval(node)
 
 
@@ -130,8 +155,12 @@ def config_type(annotation: Any, name: str) -> Any:
     origin, args = typing.get_origin(annotation), typing.get_args(annotation)
     if origin is Literal:
         return enum.StrEnum(name.title().replace("_", ""), {str(a): str(a) for a in args})
+    if origin in (dict, collections.abc.Mapping):
+        return dict[str, Any]
     if origin in (Union, types.UnionType):
         kept = [a for a in args if a is not type(None) and a is not _Foreign]
+        if any(typing.get_origin(a) in (dict, collections.abc.Mapping) for a in kept):
+            return dict[str, Any]  # a mapping or a sequence (transforms' pieces): configs name the items
         if len(kept) != 1:
             return Any
         inner = config_type(kept[0], name)
@@ -161,14 +190,16 @@ def schema(target: str, skip: tuple[str, ...] = (), extra: tuple[tuple[str, Any,
         if p.name in skip:
             continue
         kind, default = (overrides or {}).get(p.name, (config_type(p.annotation, p.name), p.default))
-        fields.append((p.name, kind, _field(default)))
-    fields += [(name, kind, _field(default)) for name, kind, default in extra]
+        fields.append((p.name, kind, _field(default, kind)))
+    fields += [(name, kind, _field(default, kind)) for name, kind, default in extra]
     return dataclasses.make_dataclass(f"Schema_{target.replace('.', '_')}", fields)
 
 
-def _field(default: Any) -> dataclasses.Field:
+def _field(default: Any, kind: Any) -> dataclasses.Field:
     if default is dataclasses.MISSING:
         return dataclasses.field(default="???")
+    if typing.get_origin(kind) is dict and isinstance(default, list | tuple):
+        default = dict(default)  # an empty sequence of pieces is an empty mapping of them
     if isinstance(default, list | tuple | dict):
         copy = type(default)(default) if isinstance(default, dict) else list(default)
         return dataclasses.field(default_factory=lambda: copy)

@@ -12,7 +12,7 @@ It imports neither Hydra, OmegaConf nor MLflow. Lucid-style use on any network i
 `fvexp.visualize` does the same with the command line's defaults in one call.
 """
 
-from fvexp.optvis.models import FeatureModel
+from fvexp.optvis.features import FeatureModel
 from fvexp.optvis.objectives import (
     Objective,
     alignment,

@@ -26,16 +26,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image, ImageDraw, ImageFont
+from PIL import Image
 from torch import Tensor
 from tqdm import tqdm
 
-from fvexp.errors import FvexpError
-from fvexp.optvis.data import batches
-from fvexp.optvis.models import LOGITS, FeatureModel
-
-PALETTE = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#17becf", "#bcbd22",
-           "#7f7f7f"]  # the classes shown in a scatter's legend; the rest are light grey
+from fvexp.errors import Arg, ArgumentError
+from fvexp.optvis.data import FOLDER, batches
+from fvexp.optvis.features import LOGITS, FeatureModel
 
 
 @dataclass
@@ -102,8 +99,9 @@ def sample(model: FeatureModel, layer: str, files: list[Path], size: int = 224, 
             bar.update(len(images))
     bar.close()
     if not vectors:
-        raise FvexpError(f"none of the {len(chosen)} sampled image files could be read as an image; check that "
-                         "data.dir holds .jpg, .png or .webp images")
+        raise ArgumentError(f"none of the {len(chosen)} sampled image files could be read as an image; check that "
+                            "{folder} holds .jpg, .png or .webp images", kind="images", value=len(chosen),
+                            folder=FOLDER)
     return Sample(np.array([str(f) for f in chosen]), np.array(predicted), np.concatenate(vectors),
                   np.concatenate(image), np.concatenate(position), np.array(map_size))
 
@@ -137,9 +135,11 @@ def normalize(xy: np.ndarray, percentile: float = 1.0) -> np.ndarray:
 def enough(count: int, grid: int) -> None:
     """Refuse a sample with fewer vectors than the grid has cells: most cells would be empty or single."""
     if count < grid * grid:
-        raise FvexpError(f"the sample has {count} activation vectors, too few for a task.grid={grid} atlas "
-                         f"({grid * grid} cells); use task.grid={max(1, math.isqrt(count))} or less, more "
-                         "task.per_image, or a larger data.dir")
+        raise ArgumentError(f"the sample has {count} activation vectors, too few for a {{grid}}={grid} atlas "
+                            f"({grid * grid} cells); use {{grid}}={max(1, math.isqrt(count))} or less, more "
+                            "{per_image}, or a larger {folder}", kind="grid", value=grid,
+                            allowed=f"at most {max(1, math.isqrt(count))}", grid=Arg(cells, "grid"),
+                            per_image=Arg(sample, "per_image"), folder=FOLDER)
 
 
 @dataclass
@@ -175,8 +175,9 @@ def cells(xy: np.ndarray, vectors: np.ndarray, grid: int = 20, min_count: int = 
     found = [Cell(int(key[g[0]] // grid), int(key[g[0]] % grid), g, vectors[g].mean(0))
              for g in np.split(order, bounds) if len(g) >= min_count]
     if not found:
-        raise FvexpError(f"no cell of the task.grid={grid} atlas holds task.min_count={min_count} vectors "
-                         f"({len(xy)} sampled); lower task.grid or task.min_count, or sample more")
+        raise ArgumentError(f"no cell of the {{grid}}={grid} atlas holds {{min_count}}={min_count} vectors "
+                            f"({len(xy)} sampled); lower {{grid}} or {{min_count}}, or sample more", kind="grid",
+                            value=grid, grid=Arg(cells, "grid"), min_count=Arg(cells, "min_count"))
     return found
 
 
@@ -260,31 +261,3 @@ def sheet(tiles: dict[tuple[int, int], Image.Image], counts: dict[tuple[int, int
             tile = Image.blend(Image.new("RGB", tile.size, "white"), tile, max(0.15, share))
         atlas.paste(tile, (col * side, row * side))
     return atlas
-
-
-def scatter(xy: np.ndarray, labels: np.ndarray, names: list[str], grid: int, side: int = 640) -> Image.Image:
-    """The layout as points coloured by class (the most frequent ten named in a legend), with the grid.
-
-    `labels` are class indices per point; `names` the class names by index.
-    """
-    font = ImageFont.load_default(size=12)
-    classes, counts = np.unique(labels, return_counts=True)
-    shown = [int(c) for c in classes[np.argsort(-counts, kind="stable")][: len(PALETTE)]]
-    colour = {c: PALETTE[i] for i, c in enumerate(shown)}
-    legend = 200
-    picture = Image.new("RGB", (side + legend, side), "white")
-    draw = ImageDraw.Draw(picture)
-    for k in range(grid + 1):
-        at = round(k * (side - 1) / grid)
-        draw.line((at, 0, at, side), fill="#eeeeee")
-        draw.line((0, at, side, at), fill="#eeeeee")
-    for rank in [-1, *reversed(shown)]:  # the others first, the most frequent class on top
-        mask = ~np.isin(labels, shown) if rank == -1 else labels == rank
-        for x, y in xy[mask] * (side - 1):
-            draw.ellipse((x - 2, side - 1 - y - 2, x + 2, side - 1 - y + 2), fill=colour.get(rank, "#cccccc"))
-    for i, c in enumerate(shown):
-        name = names[c] if 0 <= c < len(names) else str(c)
-        draw.rectangle((side + 10, 12 + 18 * i, side + 20, 22 + 18 * i), fill=colour[c])
-        draw.text((side + 26, 10 + 18 * i), name[:26], fill="black", font=font)
-    draw.text((side + 10, 14 + 18 * len(shown)), "other classes", fill="#999999", font=font)
-    return picture

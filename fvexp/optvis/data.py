@@ -19,18 +19,20 @@ from PIL import Image
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
-from fvexp.errors import FvexpError
+from fvexp.errors import Arg, ArgumentError, Setting
 from fvexp.optvis.images import SUFFIXES
 
+FOLDER = Setting("folder")  # what `scan` calls the folder it was given, unless told its key
 PREPROCESSING = "rgb, shorter side resized (bicubic, antialiased) to size, centre crop size×size, [0, 1]"
 
 
-def scan(folder: str | Path, key: str = "data.dir") -> list[Path]:
+def scan(folder: str | Path, key: str | Arg | Setting = FOLDER) -> list[Path]:
     """Every image file under `folder`, at any depth, in a stable (sorted) order.
 
     Symlinks are followed, but each real folder is read once: a link back to a parent folder (a loop)
     or a second link to the same folder adds nothing. Subfolders that cannot be read are skipped
-    when others hold images; when none does, the error says which folder could not be read.
+    when others hold images; when none does, the error says which folder could not be read. `key`
+    names where the folder came from, for the error message.
     """
     root = Path(folder).expanduser()
     try:
@@ -38,8 +40,9 @@ def scan(folder: str | Path, key: str = "data.dir") -> list[Path]:
     except OSError as error:  # e.g. no permission to look into its parent folder
         raise _unreadable(folder, root, error, key) from None
     if not is_dir:
-        raise FvexpError(f"{key}={str(folder)!r} is not a folder; point {key} at a folder of images "
-                         f"({', '.join(sorted(SUFFIXES))}, at any depth), e.g. {key}=/data/imagenet/val")
+        raise ArgumentError("{key}={folder!r} is not a folder; point {key} at a folder of images ({suffixes}, at "
+                            "any depth), e.g. {key}=/data/imagenet/val", kind="folder", value=str(folder), key=key,
+                            folder=str(folder), suffixes=", ".join(sorted(SUFFIXES)))
     files, others, unreadable = [], 0, []
     seen: set[tuple[int, int]] = set()
     for directory, subdirs, names in os.walk(root, onerror=unreadable.append, followlinks=True):
@@ -63,16 +66,18 @@ def scan(folder: str | Path, key: str = "data.dir") -> list[Path]:
         raise _unreadable(folder, root, unreadable[0], key)
     if not files:
         found = f"{others} other file(s) and no image" if others else "nothing"
-        raise FvexpError(f"{key}={str(folder)!r} holds {found}: fvexp reads {', '.join(sorted(SUFFIXES))} files "
-                         "at any depth")
+        raise ArgumentError("{key}={folder!r} holds {found}: fvexp reads {suffixes} files at any depth",
+                            kind="folder", value=str(folder), key=key, folder=str(folder), found=found,
+                            suffixes=", ".join(sorted(SUFFIXES)))
     return files
 
 
-def _unreadable(folder: str | Path, root: Path, error: OSError, key: str) -> FvexpError:
+def _unreadable(folder: str | Path, root: Path, error: OSError, key: str | Arg | Setting) -> ArgumentError:
     """The error for a folder that cannot be read, naming the subfolder when it is not the folder itself."""
     where = "" if Path(error.filename or root) == root else f" for {error.filename}"
-    return FvexpError(f"{key}={str(folder)!r} cannot be read ({(error.strerror or str(error)).lower()}{where}); "
-                      "give fvexp read access to it or choose another folder")
+    return ArgumentError("{key}={folder!r} cannot be read ({why}); give fvexp read access to it or choose another "
+                         "folder", kind="folder", value=str(folder), key=key, folder=str(folder),
+                         why=(error.strerror or str(error)).lower() + where)
 
 
 def fingerprint(root: Path, files: list[Path]) -> str:

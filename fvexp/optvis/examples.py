@@ -24,7 +24,6 @@ import tempfile
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
@@ -33,13 +32,15 @@ from PIL import Image
 from torch import Tensor
 from tqdm import tqdm
 
-from fvexp.errors import FvexpError, FvexpWarning
+from fvexp.errors import ArgumentError, FvexpError, FvexpWarning, Setting
 from fvexp.optvis.data import PREPROCESSING, batches, fingerprint, open_image, scan
-from fvexp.optvis.images import contact_sheet, histogram, stack, to_pil
-from fvexp.optvis.models import FeatureModel
+from fvexp.optvis.features import FeatureModel
+from fvexp.optvis.images import contact_sheet, stack, to_pil
 from fvexp.optvis.objectives import Objective, Unit
+from fvexp.optvis.plots import histogram
 
 CELL = 128  # pixels of one example in the strips
+UNITS = "one of channel, neuron, class_logit, class_prob or class_logsumexp"  # the objectives about one unit
 
 
 @dataclass
@@ -70,8 +71,9 @@ class Example:
 
 def unit_of(objective: Objective, task: str) -> Unit:
     if objective.unit is None:
-        raise FvexpError(f"{task} needs an objective about one unit, and {objective.name!r} is not; use "
-                         "objective=channel, neuron, class_logit, class_prob or class_logsumexp")
+        raise ArgumentError("{task} needs an objective about one unit, and {name!r} is not; use {units}",
+                            kind="objective", value=objective.name, task=task, name=objective.name,
+                            units=Setting(UNITS))
     return objective.unit
 
 
@@ -88,37 +90,44 @@ def reduce(act: Tensor, unit: Unit) -> tuple[Tensor, Tensor]:
     return flat[:, :, where], torch.full(flat.shape[:2], where)
 
 
-def activations(model: FeatureModel, unit: Unit, data: Any, model_key: str, cache_dir: Path,
-                progress: bool = True) -> Activations:
-    """The layer's reduced activations over `data.dir`, from the cache or computed (and cached)."""
+def activations(model: FeatureModel, unit: Unit, folder: str | Path, *, size: int, batch_size: int, workers: int,
+                model_key: str, cache_dir: Path, progress: bool = True) -> Activations:
+    """The layer's reduced activations over the images under `folder`, from the cache or computed (and cached).
+
+    Images are resized and centre-cropped to `size` (`data.open_image`) and decoded `batch_size` at a
+    time by `workers` processes (0: in this one); `model_key` names the network in the cache key, which
+    also holds the layer, the reduction, the folder's fingerprint and `size`.
+    """
     if model.image_channels != 3:
-        raise FvexpError(f"dataset examples are photos, and this model takes {model.image_channels}-channel "
-                         "images; leave data.dir unset for it")
-    files = [file.absolute() for file in scan(data.dir)]
-    root = Path(data.dir).expanduser().absolute()
+        raise ArgumentError(f"dataset examples are photos, and this model takes {model.image_channels}-channel "
+                            "images; {leave} for it", kind="channels", value=model.image_channels, allowed="3",
+                            leave=Setting("ask for no dataset examples"))
+    files = [file.absolute() for file in scan(folder)]
+    root = Path(folder).expanduser().absolute()
     reduction = "max" if unit.position is None else f"at {unit.position}"
     key = hashlib.sha256(json.dumps([model_key, unit.layer, reduction, fingerprint(root, files), PREPROCESSING,
-                                     data.size]).encode()).hexdigest()[:20]
-    folder = cache_dir / f"{unit.layer}-{key}"
-    if (folder / "meta.json").exists():
+                                     size]).encode()).hexdigest()[:20]
+    kept = cache_dir / f"{unit.layer}-{key}"
+    decoding = (size, batch_size, workers)
+    if (kept / "meta.json").exists():
         try:
-            return _read(folder, root, files, data.dir, cached=True)
+            return _read(kept, root, files, folder, cached=True)
         except (OSError, ValueError, KeyError) as error:  # truncated by a full disk, or edited by hand
-            warnings.warn(f"the cached activations {folder} are damaged ({error}); they are discarded and computed "
+            warnings.warn(f"the cached activations {kept} are damaged ({error}); they are discarded and computed "
                           "again", FvexpWarning, stacklevel=2)
-            shutil.rmtree(folder, ignore_errors=True)
+            shutil.rmtree(kept, ignore_errors=True)
     try:
-        _compute(model, unit, files, data, folder, progress)
+        _compute(model, unit, files, decoding, kept, progress)
     except OSError as error:  # a cache folder that cannot be written costs the cache, not the run
         warnings.warn(f"cannot write the activation cache in {cache_dir} ({error.strerror or error}); the activations "
                       "are computed without caching", FvexpWarning, stacklevel=2)
         with tempfile.TemporaryDirectory(prefix="fvexp-activations-") as temporary:
-            _compute(model, unit, files, data, Path(temporary) / folder.name, progress)
-            return _read(Path(temporary) / folder.name, root, files, data.dir, cached=False, in_memory=True)
-    return _read(folder, root, files, data.dir, cached=False)
+            _compute(model, unit, files, decoding, Path(temporary) / kept.name, progress)
+            return _read(Path(temporary) / kept.name, root, files, folder, cached=False, in_memory=True)
+    return _read(kept, root, files, folder, cached=False)
 
 
-def _read(folder: Path, root: Path, files: list[Path], where: str, cached: bool,
+def _read(folder: Path, root: Path, files: list[Path], where: str | Path, cached: bool,
           in_memory: bool = False) -> Activations:
     """The activations kept in `folder`, memory-mapped (or read whole, for a folder about to be removed)."""
     meta = json.loads((folder / "meta.json").read_text())
@@ -133,8 +142,12 @@ def _read(folder: Path, root: Path, files: list[Path], where: str, cached: bool,
 
 
 @torch.no_grad()
-def _compute(model: FeatureModel, unit: Unit, files: list[Path], data: Any, folder: Path, progress: bool) -> None:
-    """Stream the folder through the model in batches into memory-mapped files, then publish them at once."""
+def _compute(model: FeatureModel, unit: Unit, files: list[Path], decoding: tuple[int, int, int], folder: Path,
+             progress: bool) -> None:
+    """Stream the files through the model in batches into memory-mapped files, then publish them at once.
+
+    `decoding` is (size, batch_size, workers), as `data.batches` takes them.
+    """
     partial = folder.with_name(f"{folder.name}.partial-{os.getpid()}")
     partial.mkdir(parents=True, exist_ok=True)
     values = where = None
@@ -142,7 +155,7 @@ def _compute(model: FeatureModel, unit: Unit, files: list[Path], data: Any, fold
     start = 0
     bar = tqdm(total=len(files), desc=f"activations {unit.layer}", unit="img", disable=not progress)
     with model.reading([unit.layer]) as read:
-        for images, readable in batches(files, data.size, data.batch_size, data.workers):
+        for images, readable in batches(files, *decoding):
             act = read(images.to(model.device, non_blocking=True))[unit.layer]
             value, position = reduce(act, unit)
             if values is None:
@@ -240,10 +253,11 @@ def picture(example: Example, size: int, crop: int | None, map_size: tuple[int, 
     return image
 
 
-def write(out: Path, acts: Activations, unit: Unit, chosen: dict[str, list[Example]], data: Any, crop: int,
+def write(out: Path, acts: Activations, unit: Unit, chosen: dict[str, list[Example]], size: int, crop: int,
           optimized: tuple[Tensor, float] | None = None) -> dict[str, Path]:
     """The strips, histogram and CSV in `out/examples/`, and the overview `out/examples.png`.
 
+    `size` is the side the examples were read at (`activations`' size), `crop` the side of their crops.
     `optimized` is (image, the unit's value on it): shown first in the overview and marked on the histogram.
     """
     folder = out / "examples"
@@ -255,7 +269,7 @@ def write(out: Path, acts: Activations, unit: Unit, chosen: dict[str, list[Examp
     strips: dict[str, Image.Image] = {}
     paths: dict[str, Path] = {}
     for view, (group, side) in views.items():
-        cells = [(picture(e, data.size, side, acts.map_size), f"{e.label}\n{e.value:.3g}\n{_short(e.file.name)}")
+        cells = [(picture(e, size, side, acts.map_size), f"{e.label}\n{e.value:.3g}\n{_short(e.file.name)}")
                  for e in chosen[group]]
         strips[view] = contact_sheet(cells, columns=len(cells), side=CELL)
         strips[view].save(paths.setdefault(view, folder / f"{view}.png"))

@@ -36,18 +36,20 @@ import torch
 from torch import Tensor
 from torch.nn import functional as F
 
-from fvexp.errors import FvexpError
-from fvexp.optvis.data import open_image
+from fvexp.errors import Arg, ArgumentError
+from fvexp.optvis.data import FOLDER, open_image
 from fvexp.optvis.examples import Activations, crop_box, ranking, scores
-from fvexp.optvis.models import FeatureModel
+from fvexp.optvis.features import FeatureModel
 from fvexp.optvis.objectives import Unit
 from fvexp.optvis.sanity import path_layers
+from fvexp.ranges import at_least, ranges
 
 POOL = 64  # ordinary images of the folder (the negative and the random references are drawn from them)
 DRAWS = 20  # draws of random references averaged into each score (one draw may happen to resemble a query group)
 MIN_QUERIES = 10  # top and bottom queries each, at the least, when the folder is too small for measure.queries
 
 
+@ranges(references=at_least(1, "at least 1"), queries=at_least(1, "at least 1"), bootstrap=at_least(1, "at least 1"))
 class Measures:
     """Which held-out networks measure a run, and the sizes of the 2-AFC protocol.
 
@@ -60,9 +62,6 @@ class Measures:
 
     def __init__(self, judge: str | None = "lite1", transfer: Sequence[str] = ("lite1", "lite2"),
                  references: int = 8, queries: int = 64, bootstrap: int = 1000) -> None:
-        if references < 1 or queries < 1 or bootstrap < 1:
-            raise FvexpError(f"measure.references={references}, measure.queries={queries} and "
-                             f"measure.bootstrap={bootstrap} must each be at least 1")
         self.judge, self.transfer = judge, list(transfer)
         self.references, self.queries, self.bootstrap = references, queries, bootstrap
 
@@ -99,8 +98,8 @@ def spread_layers(model: FeatureModel, count: int = 4) -> list[str]:
     blocks = [name for name, _ in model.net.named_modules() if name.count(".") == 1]
     path = path_layers(model, blocks[-1]) if blocks else []
     if not path:
-        raise FvexpError("the judge network has no blocks to compare images by; use an EfficientNet-Lite variant "
-                         "as measure.judge")
+        raise ArgumentError("the judge network has no blocks to compare images by; use an EfficientNet-Lite variant "
+                            "as {judge}", kind="judge", value=None, judge=Arg(Measures, "judge"))
     return sorted({path[round(i)] for i in np.linspace(0, len(path) - 1, count)}, key=path.index)
 
 
@@ -193,9 +192,11 @@ class Trial:
         k = measures.references
         q = min(measures.queries, (len(order) - 3 * k) // 2)
         if q < MIN_QUERIES:
-            raise FvexpError(f"the interpretability score needs at least {3 * k + 2 * MIN_QUERIES} readable images "
-                             f"in data.dir (3 × measure.references={k} + 2 × {MIN_QUERIES} queries), and there are "
-                             f"{len(order)}; use a larger folder or lower measure.references")
+            raise ArgumentError(f"the interpretability score needs at least {3 * k + 2 * MIN_QUERIES} readable "
+                                f"images in {{folder}} (3 × {{references}}={k} + 2 × {MIN_QUERIES} queries), and "
+                                f"there are {len(order)}; use a larger folder or lower {{references}}", kind="images",
+                                value=len(order), allowed=f"at least {3 * k + 2 * MIN_QUERIES}", folder=FOLDER,
+                                references=Arg(Measures, "references"))
         middle = order[k + q : len(order) - q]
         rng = np.random.default_rng(seed)
         picked = np.sort(rng.choice(middle, min(POOL, len(middle)), replace=False))

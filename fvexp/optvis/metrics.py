@@ -10,7 +10,7 @@ import itertools
 import torch
 from torch import Tensor
 
-from fvexp.optvis.models import FeatureModel
+from fvexp.optvis.features import FeatureModel
 from fvexp.optvis.objectives import INPUT, Objective, gram_cosines
 from fvexp.optvis.regularizers import tv
 from fvexp.optvis.transforms import standard

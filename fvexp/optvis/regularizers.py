@@ -16,14 +16,15 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from fvexp.errors import FvexpError
+from fvexp.errors import Arg, ArgumentError, Setting
+from fvexp.optvis.features import FeatureModel
 from fvexp.optvis.images import load
-from fvexp.optvis.models import FeatureModel
 from fvexp.optvis.objectives import INPUT, Objective, Shapes, inversion
 from fvexp.optvis.params import gaussian_blur
 from fvexp.optvis.priors import TRAIN_HINT
 from fvexp.optvis.priors import check as check_prior
 from fvexp.optvis.priors import load as load_prior
+from fvexp.ranges import above, at_least, ranges
 
 
 def _penalty(name: str, penalty: Callable[[Tensor], Tensor]) -> Objective:
@@ -51,6 +52,7 @@ def tv(x: Tensor) -> Tensor:
     return vertical + (x[..., 1:] - x[..., :-1]).abs().flatten(1).mean(1)
 
 
+@ranges(sigma=above(0, "a positive blur sigma in pixels"))
 def blur(sigma: float = 1.0) -> Objective:
     """Mean squared distance to the image's own blur (Lucid's `blur_input_each_step`).
 
@@ -59,6 +61,8 @@ def blur(sigma: float = 1.0) -> Objective:
     return _penalty("blur", lambda x: (x - gaussian_blur(x, sigma).detach()).pow(2).flatten(1).mean(1))
 
 
+@ranges(sigma_space=above(0, "a positive distance sigma in pixels"),
+        sigma_color=above(0, "a positive colour-difference sigma"), radius=at_least(0, "0 or more pixels"))
 def bilateral(sigma_space: float = 1.5, sigma_color: float = 0.1, radius: int = 2) -> Objective:
     """Mean squared distance to the image's bilateral filter: smooths noise but keeps strong edges."""
     def penalty(x: Tensor) -> Tensor:
@@ -79,7 +83,6 @@ def bilateral_filter(x: Tensor, sigma_space: float, sigma_color: float, radius: 
     return (weights * patches).sum(2) / weights.sum(2)
 
 
-KEY = "regularizers.prior.path"
 
 
 def prior(path: str | None = None) -> Objective:
@@ -89,15 +92,17 @@ def prior(path: str | None = None) -> Objective:
     away from what the denoiser, trained on your images, would remove: noise and unnatural texture.
     """
     if path is None:
-        raise FvexpError(f"regularizers.prior.path=PRIOR_FILE is needed with regularizers.prior.weight; {TRAIN_HINT}")
-    net = load_prior(path, KEY)
+        raise ArgumentError(f"{{path}}=PRIOR_FILE is needed with {{weight}}; {TRAIN_HINT}", kind="file", value=None,
+                            path=Arg(prior, "path"), weight=Setting("a weight on the prior term"))
+    key = Arg(prior, "path")
+    net = load_prior(path, key)
 
     def prepare(model: FeatureModel, shapes: Shapes) -> None:
-        check_prior(net, path, KEY, channels=model.image_channels)
+        check_prior(net, path, key, channels=model.image_channels)
         net.to(model.device)
 
     def penalty(x: Tensor) -> Tensor:
-        check_prior(net, path, KEY, size=max(x.shape[-2:]))
+        check_prior(net, path, key, size=max(x.shape[-2:]))
         with torch.no_grad():
             denoised = net(x)
         return (x - denoised).pow(2).flatten(1).mean(1)
@@ -114,17 +119,19 @@ def feature_stats(images: Sequence[str] = (), layers: Sequence[str] = (), size: 
     and its layer. Each layer's distance is divided by the reference's mean square.
     """
     if not images or not layers:
-        raise FvexpError("regularizers.feature_stats needs reference images and layers: set data.dir=FOLDER (the "
-                         "unit's top examples there and the unit's layer are used), or "
-                         "regularizers.feature_stats.images=[...] and regularizers.feature_stats.layers=[...]")
+        raise ArgumentError("{piece} needs reference images and layers: set {data} (the unit's top examples there "
+                            "and the unit's layer are used), or {images}=[...] and {layers}=[...]", kind="images",
+                            value=list(images), piece=Arg(feature_stats), data=Setting("a folder of dataset examples"),
+                            images=Arg(feature_stats, "images"), layers=Arg(feature_stats, "layers"))
     reference: dict[str, Tensor] = {}
 
     def prepare(model: FeatureModel, shapes: Shapes) -> None:
         flat = [name for name in layers if len(shapes[name]) != 4]
         if flat:
-            raise FvexpError(f"regularizers.feature_stats.layers: {flat[0]} gives {tuple(shapes[flat[0]])} outputs, "
-                             "and sorted feature statistics need (batch, channels, h, w) maps")
-        batch = torch.cat([load(i, size, key="regularizers.feature_stats.images") for i in images])
+            raise ArgumentError("{layers}: {layer} gives {shape} outputs, and sorted feature statistics need (batch, "
+                                "channels, h, w) maps", kind="layer", value=flat[0], layer=flat[0],
+                                shape=tuple(shapes[flat[0]]), layers=Arg(feature_stats, "layers"))
+        batch = torch.cat([load(i, size, key=Arg(feature_stats, "images")) for i in images])
         with torch.no_grad(), model.reading(list(layers)) as read:
             acts = read(batch.to(model.device))
         reference.update({name: acts[name].flatten(2).sort(2).values.mean(0) for name in layers})
@@ -149,9 +156,10 @@ def path(image: str | None = None, layers: Sequence[str] = (), size: int = 224) 
     `param.init=image` fvexp fills in `param.image` and the layers on the way to the unit.
     """
     if image is None or not layers:
-        raise FvexpError("regularizers.path needs a start image and layers: set param.init=image param.image=PATH "
-                         "(the layers up to the unit's are used), or regularizers.path.image and .layers")
-    load(image, size, key="regularizers.path.image")  # a bad file fails here, named by its key
+        raise ArgumentError("{piece} needs a start image and layers: set {start} (the layers up to the unit's are "
+                            "used), or {image} and .layers", kind="image", value=image, piece=Arg(path),
+                            start=Setting("a start image for the parameterization"), image=Arg(path, "image"))
+    load(image, size, key=Arg(path, "image"))  # a bad file fails here, named by its argument
     kept = [inversion(name, image, size) for name in layers]
     return Objective(lambda acts: -sum(term(acts) for term in kept), frozenset().union(*(t.layers for t in kept)),
                      f"path ({len(layers)} layers)", tuple(p for term in kept for p in term.preparations))

@@ -15,8 +15,8 @@ import torch
 from torch import Tensor, nn
 from tqdm import tqdm
 
-from fvexp.errors import FvexpError
-from fvexp.optvis.models import FeatureModel
+from fvexp.errors import ArgumentError, Setting
+from fvexp.optvis.features import FeatureModel
 from fvexp.optvis.objectives import INPUT, Objective
 from fvexp.optvis.optimizers import OptimizerFactory, create
 from fvexp.optvis.transforms import Compose
@@ -31,14 +31,14 @@ class Render:
     interrupted: bool = False
 
 
-class NonFiniteObjective(FvexpError):
+class NonFiniteObjective(ArgumentError):
     """The objective became NaN or infinite; `image` is the last image whose objective was finite."""
 
     def __init__(self, step: int, value: float, image: Tensor, values: list[float]) -> None:
         super().__init__(
-            f"the objective became {value} at step {step}; stopped and kept the last image whose objective "
-            "was finite. Lower optimizer.lr, or check the objective for a division by zero or a log of 0"
-        )
+            "the objective became {number} at step {step}; stopped and kept the last image whose objective "
+            "was finite. Lower {lr}, or check the objective for a division by zero or a log of 0",
+            kind="objective", value=value, number=value, step=step, lr=Setting("the learning rate"))
         self.step, self.image, self.values = step, image, values
 
 

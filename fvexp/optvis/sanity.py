@@ -27,7 +27,7 @@ from torch import Tensor, nn
 
 from fvexp.optvis.data import open_image
 from fvexp.optvis.examples import Activations, Example
-from fvexp.optvis.models import FeatureModel
+from fvexp.optvis.features import FeatureModel
 
 SAMPLE = 8  # random images drawn as the floor
 

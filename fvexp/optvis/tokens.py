@@ -13,14 +13,11 @@ from __future__ import annotations
 
 import math
 from collections import Counter
-from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
 import torch
 from torch import Tensor, nn
-
-from fvexp.errors import FvexpError
 
 RAW = "#tokens"  # a layer name ending in this is read as its raw (batch, tokens, features) sequence
 Tokens = Literal["patches", "cls", "all"]
@@ -94,30 +91,6 @@ def find_grid(model: Any, patches_per_side: int = 8) -> TokenGrid | None:
             handle.remove()
     return TokenGrid(lengths.most_common(1)[0][0], patch) if lengths else None
 
-
-Shapes = Mapping[str, torch.Size]
-
-
-def check_tokens(layer: str, channel: int, tokens: Tokens) -> Callable[[Any, Shapes], None]:
-    """A preparation for `channel(tokens=cls|all)`: the layer is a token layer with a grid, the channel in range."""
-
-    def check(model: Any, shapes: Shapes) -> None:
-        shape = shapes[layer + RAW]
-        grid = model.tokens
-        if len(shape) != 3:
-            raise FvexpError(f"objective.tokens={tokens} reads a (batch, tokens, features) layer, and {layer!r} gives "
-                             f"({', '.join(['batch', *map(str, shape[1:])])}); use objective.tokens=patches")
-        if grid is None or grid.side(shape[1]) is None:
-            raise FvexpError(f"layer {layer!r} has no patch grid: {grid.why_not(shape[1]) if grid else NO_PATCHES}; "
-                             "use objective=layer on it")
-        if tokens == "cls" and grid.prefix == 0:
-            raise FvexpError(f"layer {layer!r} has no class token (its tokens are all patches); use "
-                             "objective.tokens=patches or all")
-        if not 0 <= channel < shape[2]:
-            raise FvexpError(f"channel {channel} is out of range for layer {layer!r}, which has {shape[2]} features "
-                             f"(objective.channel must be 0..{shape[2] - 1})")
-
-    return check
 
 
 def token_value(act: Tensor, channel: int, tokens: Tokens) -> Tensor:

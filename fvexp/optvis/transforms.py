@@ -16,11 +16,17 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from fvexp.ranges import Range, at_least, ranges
+
+WIDTH = at_least(0, "0 or more pixels (a negative pad would crop)")
+SD = at_least(0, "0 or more (0: off)")
+
 
 def _choice(options: Sequence[float], generator: torch.Generator) -> float:
     return options[int(torch.randint(len(options), (1,), generator=generator))]
 
 
+@ranges(width=WIDTH)
 class Pad:
     """Pad every side by `width` pixels (a constant grey by default) so edges can move inward."""
 
@@ -35,6 +41,7 @@ class Pad:
         return size + 2 * self.width
 
 
+@ranges(pixels=at_least(0, "0 or more pixels of jitter"))
 class Jitter:
     """Crop at a random offset of 0..`pixels`, shrinking the image by `pixels` (Lucid's jitter)."""
 
@@ -50,6 +57,7 @@ class Jitter:
         return size - self.pixels
 
 
+@ranges(factors=Range(lambda factors: all(f > 0 for f in factors), "positive scale factors"))
 class Scale:
     """Resize by a factor drawn from `factors` (bilinear)."""
 
@@ -122,6 +130,7 @@ def _rotated(image: Tensor, angle: float, size: list[int]) -> Tensor:
     return F.grid_sample(channels, grid.expand(n * c, h, w, 2), mode="bilinear", align_corners=False).view(n, c, h, w)
 
 
+@ranges(width=WIDTH)
 class Crop:
     """Remove `width` pixels from every side, e.g. to take off the padding added earlier."""
 
@@ -136,6 +145,7 @@ class Crop:
         return size - 2 * self.width
 
 
+@ranges(sd=SD)
 class ColorShift:
     """Scale and offset each colour channel of each image by random amounts of sd `sd` (Ghiasi et al. 2022).
 
@@ -154,6 +164,7 @@ class ColorShift:
         return size
 
 
+@ranges(sd=SD)
 class Noise:
     """Add Gaussian pixel noise of sd `sd` (Ghiasi et al. 2022): a unit must respond to more than exact pixels."""
 

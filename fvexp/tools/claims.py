@@ -15,18 +15,17 @@ from __future__ import annotations
 
 import argparse
 import math
-import os
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
 from PIL import Image
 
-from fvexp.errors import FvexpError
 from fvexp.optvis.data import open_image
 from fvexp.optvis.images import contact_sheet
 from fvexp.optvis.metrics import high_frequency_energy, smoothed, spectral_slope, steps_to_value
-from fvexp.tracking.store import PARENT, STORE_HELP, default_store, find_parent, reader
+from fvexp.tools.arguments import add_store, one_line_errors
+from fvexp.tracking.store import PARENT, find_parent, reader
 
 COLUMNS = {"objective_untransformed": "objective", "objective_transformed": "objective, transformed",
            "high_frequency_energy": "HF energy", "spectral_slope": "spectral slope", "total_variation": "TV",
@@ -185,7 +184,7 @@ def section(client, preset: str, out: Path, natural_row: dict[str, float]) -> st
                 if any(r.get("runs", 1) > 1 for r in table.values()) else "") + ".", "",
              "| arm | " + " | ".join(COLUMNS[c] for c in shown) + " |", "|---" * (len(shown) + 1) + "|"]
     for name, metrics in table.items():
-        cells = [cell(metrics.get(c), c) for c in shown]
+        cells = [cell(metrics.get(c), c, metrics) for c in shown]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     picture, plot = out / "claims" / f"{preset}.png", out / "claims" / f"{preset}_objective.png"
     strip(client, runs, picture)
@@ -203,22 +202,24 @@ def section(client, preset: str, out: Path, natural_row: dict[str, float]) -> st
     return "\n".join(lines) + "\n"
 
 
-def cell(value: float | None, column: str) -> str:
+def cell(value: float | None, column: str, metrics: dict[str, float] | None = None) -> str:
+    """One table cell; an interpretability score with its 95 % interval when the runs logged one."""
     if value is None:
         return "–"
     if column == "steps_to_common" and math.isnan(value):
         return "never"
+    low, high = ((metrics or {}).get(f"{column}.{end}") for end in ("low", "high"))
+    if column.startswith("interpretability") and low is not None and high is not None:
+        return f"{value:.2f} [{low:.2f}, {high:.2f}]"
     return f"{value:.4g}"
 
 
 def draw_curves(curves: dict[str, list[list[float]]], path: Path, preset: str) -> None:
     """The objective per step of every run, one colour per arm, in one plot."""
-    import matplotlib
+    from matplotlib.figure import Figure  # no pyplot: no global backend or figure (fvexp.optvis.plots)
 
-    matplotlib.use("Agg")
-    from matplotlib import pyplot as plt
-
-    figure, axes = plt.subplots(figsize=(8, 4.5), dpi=100)
+    figure = Figure(figsize=(8, 4.5), dpi=100)
+    axes = figure.subplots()
     for index, (name, runs) in enumerate(curves.items()):
         for number, values in enumerate(runs):
             axes.plot(range(1, len(values) + 1), values, color=f"C{index % 10}", linewidth=1.2,
@@ -229,7 +230,6 @@ def draw_curves(curves: dict[str, list[list[float]]], path: Path, preset: str) -
     figure.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(path)
-    plt.close(figure)
 
 
 def natural_statistics() -> dict[str, float]:
@@ -256,10 +256,10 @@ def strip(client, runs: list, path: Path) -> None:
         contact_sheet(cells, columns=min(len(cells), 4), side=224).save(path)
 
 
+@one_line_errors("fvexp.claims")
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--store", default=os.environ.get("MLFLOW_TRACKING_URI") or default_store(),
-                        help=STORE_HELP)
+    add_store(parser)
     parser.add_argument("--out", type=Path, default=Path("docs"))
     args = parser.parse_args(argv)
     header = ["# The article's claims, measured", "",
@@ -273,7 +273,10 @@ def main(argv: list[str] | None = None) -> None:
               "best arm's final objective, one target for every arm of the sweep (never: not reached);",
               "*interpretability*, the machine 2-AFC score of the visualization (0.5 is chance; README,",
               "\"Interpretability and transferability\"), beside the same score with the top dataset examples",
-              "(*examples*, the ceiling) and random images of the folder (*random*, the floor) as references;",
+              "(*examples*, the ceiling) and random images of the folder (*random*, the floor) as references,",
+              "each with its 95 % interval (a bootstrap over queries and draws of random references; where an arm",
+              "averages several runs, their bounds averaged); the protocol's validity on a panel of 24 units:",
+              "[quality.md](quality.md), \"Is the interpretability score valid?\";",
               "*transfer top-5 / prob.*, the share of class visualizations that EfficientNet-Lite1 and -Lite2, held",
               "out, put in their top 5, and the probability they give the class, averaged over both networks.",
               f"The row *{NATURAL}* holds the demo photos' own statistics (`fvexp-demo`, each whole at 224 px).",
@@ -281,12 +284,9 @@ def main(argv: list[str] | None = None) -> None:
               "The presets were run with the demo folder as data, so that the interpretability score applies:",
               "`fvexp-demo outputs/demo_photos`, then `fvexp experiment=NAME data.dir=outputs/demo_photos` for each.",
               ""]
-    try:
-        client = reader(args.store)  # a store that does not exist is one error line, and is not created
-        natural_row = natural_statistics()
-        body = [section(client, preset, args.out, natural_row) for preset in PRESETS]
-    except FvexpError as error:
-        raise SystemExit(f"fvexp.claims: error: {error}") from None
+    client = reader(args.store)  # a store that does not exist is one error line, and is not created
+    natural_row = natural_statistics()
+    body = [section(client, preset, args.out, natural_row) for preset in PRESETS]
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "claims.md").write_text("\n".join(header + body))
     print(args.out / "claims.md")

@@ -20,20 +20,21 @@ from __future__ import annotations
 import argparse
 import base64
 import csv
-import html
-import os
 import sys
 from pathlib import Path
 from typing import Any
 
+from fvexp.app.pages import write_page
 from fvexp.credentials import redact
 from fvexp.errors import FvexpError
+from fvexp.tools.arguments import add_store, one_line_errors
 from fvexp.tracking.comparison import FOLDER, PAGE_SIZE, Cell, arms, axes, cells_of, publish, sheets, varying
-from fvexp.tracking.store import PARENT, STORE_HELP, default_store, get_run, reader, running_orphans
+from fvexp.tracking.store import PARENT, get_run, reader, running_orphans
 from fvexp.tracking.ui import ORDER_METRIC, sweep_directions
 from fvexp.tracking.writer import EXPERIMENT
 
 
+@one_line_errors("fvexp.compare")
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("run_id", nargs="?", help="a sweep's parent run (default: the latest sweep)")
@@ -44,15 +45,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--cols", help="override key laid out across the sheet")
     parser.add_argument("--metric", default=ORDER_METRIC, help="metric printed under each image")
     parser.add_argument("--page-size", type=int, default=PAGE_SIZE, help="cells per contact sheet")
-    parser.add_argument("--store", default=os.environ.get("MLFLOW_TRACKING_URI") or default_store(),
-                        help=STORE_HELP)
+    add_store(parser)
     parser.add_argument("--out", type=Path, help="output folder (default outputs/compare/<sweep>)")
     args = parser.parse_args(argv)
-    try:
-        for path in compare(args):
-            print(path)
-    except FvexpError as error:
-        raise SystemExit(f"fvexp.compare: error: {error}") from None
+    for path in compare(args):
+        print(path)
 
 
 def compare(args: argparse.Namespace) -> list[Path]:
@@ -184,15 +181,8 @@ def page(cells: list[Cell], keys: list[str], metrics: list[str], pictures: list[
          title: str) -> Path:
     """One self-contained HTML file: the sheets inlined as data URIs, and the table."""
     header, rows = rows_of(cells, keys, metrics)
-    images = "".join(f'<img src="data:image/png;base64,{base64.b64encode(p.read_bytes()).decode()}" alt="{p.name}">'
-                     for p in pictures)
-    table = "<tr>" + "".join(f"<th>{html.escape(h)}</th>" for h in header) + "</tr>"
-    table += "".join("<tr>" + "".join(f"<td>{html.escape(v)}</td>" for v in r) + "</tr>" for r in rows)
-    path.write_text(f"""<!doctype html><html><head><meta charset="utf-8"><title>{html.escape(title)}</title>
-<style>body{{font-family:sans-serif;margin:2em}}table{{border-collapse:collapse;font-size:13px}}
-td,th{{border:1px solid #ccc;padding:3px 6px;text-align:left}}img{{max-width:100%;display:block;margin:1em 0}}</style>
-</head><body><h1>{html.escape(title)}</h1>{images}<table>{table}</table></body></html>
-""")
+    inlined = [(f"data:image/png;base64,{base64.b64encode(p.read_bytes()).decode()}", p.name) for p in pictures]
+    write_page(path, "compare.html", title=title, pictures=inlined, header=header, rows=rows)
     return path
 
 

@@ -105,7 +105,7 @@ def pseudo_labels(files: list[Path]) -> list[int]:
 
 def build(folder: Path, chosen: list[Photo] | None = None, side: int = SIDE, with_crops: bool = False) -> list[Path]:
     """Write the photos (all of `photos()` unless `chosen`) and `labels.csv`; return the image files written."""
-    from fvexp.optvis.models import imagenet_classes
+    from fvexp.optvis.weights import imagenet_classes
 
     chosen = photos() if chosen is None else chosen
     written: list[Path] = []

@@ -24,11 +24,19 @@ from torch import nn
 from fvexp.app.build import build
 from fvexp.app.overrides import composition_error
 from fvexp.app.places import config_dir
-from fvexp.app.schema import check_size, register
+from fvexp.app.schema import check_size, register, search_folders
 from fvexp.errors import FvexpError
-from fvexp.optvis.models import FeatureModel
-from fvexp.optvis.objectives import readers
+from fvexp.optvis import objectives
+from fvexp.optvis.features import FeatureModel
 from fvexp.optvis.tokens import TokenGrid
+from fvexp.tools.arguments import one_line_errors
+
+SHOWN = ("channel", "neuron", "class_logit", "class_prob", "layer", "direction")  # the main objectives, in the table
+
+
+def readers(shape: tuple[int, ...]) -> list[str]:
+    """The main objectives (by their objective=... names) that can read a layer of this output shape."""
+    return [name for name in SHOWN if objectives.kind(shape) in objectives.ACCEPTS[name]]
 
 
 @torch.no_grad()
@@ -72,27 +80,25 @@ def _tokens(shape: tuple[int, ...], grid: TokenGrid) -> str:
     return f"{shape[1]} tok×{shape[2]} ({grid.prefix}+{side}×{side})"
 
 
+@one_line_errors("fvexp.layers")
 def main(argv: list[str] | None = None) -> None:
     overrides = sys.argv[1:] if argv is None else argv
     if {"-h", "--help"} & set(overrides):
         print(f"usage: fvexp-layers [-h] [KEY=VALUE ...]\n\n{__doc__.strip()}")
         return
-    register()
+    register(search_folders(overrides))
+    options = [o for o in overrides if o.startswith("-")]
+    if options:
+        raise FvexpError(f"unknown option {options[0]}; fvexp-layers takes the overrides fvexp takes (KEY=VALUE), "
+                         "see fvexp-layers --help")
     try:
-        options = [o for o in overrides if o.startswith("-")]
-        if options:
-            raise FvexpError(f"unknown option {options[0]}; fvexp-layers takes the overrides fvexp takes (KEY=VALUE), "
-                             "see fvexp-layers --help")
-        try:
-            with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
-                cfg = compose("config", overrides=overrides)
-        except (HydraException, OmegaConfBaseException) as error:
-            raise composition_error(error) from None
-        check_size(cfg.render.size, "render.size")
-        model = build(cfg.model)
-        rows = table(model, cfg.render.size)
-    except FvexpError as error:
-        raise SystemExit(f"fvexp.layers: error: {error}") from None
+        with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
+            cfg = compose("config", overrides=overrides)
+    except (HydraException, OmegaConfBaseException) as error:
+        raise composition_error(error) from None
+    check_size(cfg.render.size, "render.size")
+    model = build(cfg.model)
+    rows = table(model, cfg.render.size)
     width = max(len(r[0]) for r in rows)
     print(f"{type(model.net).__name__} at {cfg.render.size} px; logits layer: {model.logits_layer or '-'}"
           + (f"; fixed input {model.input_size} px: every image is resized to it" if model.input_size else "")

@@ -15,25 +15,21 @@ from here: they are listed as unknown and never marked.
 from __future__ import annotations
 
 import argparse
-import os
 from typing import Any
 
 from fvexp.credentials import redact
-from fvexp.errors import FvexpError
-from fvexp.tracking.store import ORPHANED, STORE_HELP, default_store, process_state, reader
+from fvexp.tools.arguments import add_store, one_line_errors
+from fvexp.tracking.store import ORPHANED, process_state, reader
 
 
+@one_line_errors("fvexp.orphans")
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--store", default=os.environ.get("MLFLOW_TRACKING_URI") or default_store(),
-                        help=STORE_HELP)
+    add_store(parser)
     parser.add_argument("--mark", action="store_true", help="end the runs whose process is gone as KILLED")
     args = parser.parse_args(argv)
-    try:
-        for line in orphans(args.store, args.mark):
-            print(line)
-    except FvexpError as error:
-        raise SystemExit(f"fvexp.orphans: error: {error}") from None
+    for line in orphans(args.store, args.mark):
+        print(line)
 
 
 def orphans(store: str, mark: bool) -> list[str]:

@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import os
 import random
 import sys
 import tempfile
@@ -45,14 +44,15 @@ import yaml
 from omegaconf import DictConfig, OmegaConf
 from PIL import Image
 
+from fvexp.app.environment import git, patch_digest
+from fvexp.credentials import redact
 from fvexp.errors import FvexpError
-from fvexp.optvis.environment import git, patch_digest
-from fvexp.tools.arguments import at_least_one
+from fvexp.tools.arguments import add_store, at_least_one, one_line_errors
 from fvexp.tools.rerun import config_differences, in_worktree, unbuildable
 from fvexp.tools.venvs import environment
 from fvexp.tools.verdict import Verdict, judge
 from fvexp.tools.worktrees import checkout
-from fvexp.tracking.store import STORE_HELP, default_store, get_run, reader
+from fvexp.tracking.store import get_run, reader
 
 NEEDED_TAGS = ("git.commit", "python.version", "torch.version", "torchvision.version", "numpy.version",
                "mlflow.version", "device", "torch.threads", "weights.sha256")
@@ -90,11 +90,11 @@ class Outcome:
         return "\n".join([first, *self.verdict.details(), *self.notes])
 
 
+@one_line_errors("fvexp.reproduce")
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("run_id", help="a run, or a sweep's parent run (every child is re-run)")
-    parser.add_argument("--store", default=os.environ.get("MLFLOW_TRACKING_URI") or default_store(),
-                        help=STORE_HELP)
+    add_store(parser)
     parser.add_argument("--threads", type=at_least_one, help="torch threads for the re-run (default: as recorded)")
     parser.add_argument("--out", type=Path, default=Path("outputs") / "reproduce",
                         help="re-runs' folders, and the cached worktrees/ and venvs/ (default: outputs/reproduce)")
@@ -108,10 +108,7 @@ def main(argv: list[str] | None = None) -> None:
                         "at random (seeded by the parent's id: the same N each time)")
     args = parser.parse_args(argv)
     options = Options(args.out, args.threads, args.at_commit or args.env, args.env, args.repo)
-    try:
-        identical, report = reproduce_any(args.run_id, args.store, options, args.sample)
-    except FvexpError as error:
-        raise SystemExit(f"fvexp.reproduce: error: {error}") from None
+    identical, report = reproduce_any(args.run_id, args.store, options, args.sample)
     print(report)
     sys.exit(0 if identical else 1)
 
@@ -244,7 +241,7 @@ def here(client: Any, store: str, source: Any, cfg: DictConfig, overrides: list[
     job = Job(target, overrides, name=f"reproduce {source.info.run_name}", tags={"fvexp.reproduces": run_id})
     result = execute(cfg, job)
     if result.run_id is None:
-        raise FvexpError(f"the re-run of {run_id} could not be recorded in {store} (see the warning above)")
+        raise FvexpError(f"the re-run of {run_id} could not be recorded in {redact(store)} (see the warning above)")
     return client.get_run(result.run_id)
 
 

@@ -22,17 +22,11 @@ import sys
 from pathlib import Path
 from urllib.parse import SplitResult, urlsplit
 
+from fvexp.credentials import redact
 from fvexp.errors import FvexpError
+from fvexp.tools.arguments import one_line_errors
 from fvexp.tracking.ui import page, runs_link
 from fvexp.tracking.writer import EXPERIMENT
-
-
-def redacted(uri: str) -> str:
-    """The URI with its password masked, for messages and logs."""
-    parts = urlsplit(uri)
-    if parts.password is None:
-        return uri
-    return parts._replace(netloc=parts.netloc.replace(f":{parts.password}@", ":***@", 1)).geturl()
 
 
 def is_postgres(parts: SplitResult) -> bool:
@@ -78,7 +72,7 @@ def check_database(uri: str) -> None:
             fix = (f"make sure PostgreSQL runs on {parts.hostname or 'localhost'}:{parts.port or 5432} and listens "
                    f"there (Debian: apt-get install postgresql; service postgresql start), then create the user "
                    f"and the database: {create_user}; {create_db}")
-        raise FvexpError(f"cannot connect to the backend store {redacted(uri)}: {reason}\nTo fix it, {fix}") from None
+        raise FvexpError(f"cannot connect to the backend store {redact(uri)}: {reason}\nTo fix it, {fix}") from None
 
 
 DATABASES = ("postgresql", "mysql", "mssql", "sqlite")  # the SQLAlchemy dialects MLflow's store accepts
@@ -99,11 +93,11 @@ def check_driver(uri: str) -> None:
 
     supported = "postgresql://, mysql://, mssql:// or sqlite:///FILE (or a folder)"
     if parts.scheme.split("+")[0] not in DATABASES:
-        raise FvexpError(f"the backend store {redacted(uri)} has a scheme MLflow cannot store runs in; use {supported}")
+        raise FvexpError(f"the backend store {redact(uri)} has a scheme MLflow cannot store runs in; use {supported}")
     try:
         make_url(uri).get_dialect().import_dbapi()
     except (ArgumentError, NoSuchModuleError):
-        raise FvexpError(f"the backend store {redacted(uri)} names a driver SQLAlchemy does not know; use "
+        raise FvexpError(f"the backend store {redact(uri)} names a driver SQLAlchemy does not know; use "
                          f"{supported}") from None
     except ImportError as error:
         module = (error.name or "").split(".")[0]
@@ -151,6 +145,7 @@ def landing(uri: str, host: str, port: int) -> str:
     return runs_link(address, experiment) if experiment else page(address, "experiments", {})
 
 
+@one_line_errors("fvexp.server")
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m fvexp.tools.server", description=__doc__, allow_abbrev=False,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -161,13 +156,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--host", default="127.0.0.1", help="interface to listen on; 0.0.0.0 for other machines")
     parser.add_argument("--port", type=int, default=5000)
     args, extra = parser.parse_known_args(argv)
-    try:
-        check_database(args.backend_store_uri)
-    except FvexpError as error:
-        raise SystemExit(f"fvexp.server: error: {error}") from None
+    check_database(args.backend_store_uri)
     # mlflow's job runners (eight processes, for GenAI scorers and trace jobs) do nothing for fvexp's runs
     os.environ.setdefault("MLFLOW_SERVER_ENABLE_JOB_EXECUTION", "false")
-    print(f"fvexp.server: runs in {redacted(args.backend_store_uri)}, artifacts in {args.artifacts_destination}, "
+    print(f"fvexp.server: runs in {redact(args.backend_store_uri)}, artifacts in {args.artifacts_destination}, "
           f"listening on {args.host}:{args.port}", file=sys.stderr, flush=True)
     print(f"fvexp.server: the MLflow UI: {landing(args.backend_store_uri, args.host, args.port)} (each fvexp run and "
           "sweep prints the links to its own pages)", file=sys.stderr, flush=True)

@@ -17,9 +17,9 @@ import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
+from fvexp.app.environment import changes, git, patch_digest
 from fvexp.credentials import redact
 from fvexp.errors import FvexpError
-from fvexp.optvis.environment import changes, git, patch_digest
 
 HUNK = re.compile(r"@@ -(?P<old>\d+)(?:,(?P<old_count>\d+))? \+\d+(?:,(?P<new_count>\d+))? @@")
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import socket
-from pathlib import Path
 from typing import Any
 
 from fvexp.app.places import launch_dir
@@ -89,23 +88,20 @@ def process_state(run: Any) -> tuple[str, str]:
 def process_started(pid: int) -> float | None:
     """When process `pid` started (seconds since the epoch; 0.0 where this system does not say), None if it is gone.
 
-    A zombie (ended, not yet collected by its parent) counts as gone.
+    A zombie (ended, not yet collected by its parent) counts as gone. psutil reads what each
+    system offers (Linux's /proc, macOS's sysctl), so no private file format is parsed here.
     """
+    import psutil  # here, not at start-up: a run imports this module with its callbacks
+
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
+        process = psutil.Process(pid)
+        if process.status() in (psutil.STATUS_ZOMBIE, psutil.STATUS_DEAD):
+            return None
+        return process.create_time()
+    except psutil.NoSuchProcess:
         return None
-    except PermissionError:  # it exists, as another user's process
-        pass
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
-        boot = next(float(line.split()[1]) for line in Path("/proc/stat").read_text().splitlines()
-                    if line.startswith("btime "))
-    except (OSError, StopIteration, IndexError, ValueError):
-        return 0.0  # no /proc (macOS): it exists, its start is unknown
-    if fields[0] in ("Z", "X"):
-        return None
-    return boot + int(fields[19]) / os.sysconf("SC_CLK_TCK")
+    except psutil.AccessDenied:  # it exists, as another user's process this system does not describe
+        return 0.0
 
 
 def running_orphans(runs: list) -> list:

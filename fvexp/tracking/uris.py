@@ -10,7 +10,6 @@ schema migration.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import os
 import sqlite3
 import urllib.error
@@ -190,18 +189,16 @@ def creating(uri: str) -> Iterator[None]:
     during it would leave a store no later run can open. So a new store is made under the lock in
     a temporary file beside it (`create_whole`) and moved into place only once complete.
     """
+    from filelock import FileLock  # here, not at start-up: a run imports this module with its callbacks
+
     database = sqlite_path(uri)
     if database is None:
         yield
         return
-    with open(f"{database}.lock", "a") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        try:
-            if not database.exists() or not database.stat().st_size:
-                create_whole(database)
-            yield
-        finally:
-            fcntl.flock(lock, fcntl.LOCK_UN)
+    with FileLock(f"{database}.lock"):  # waits as long as another process holds it
+        if not database.exists() or not database.stat().st_size:
+            create_whole(database)
+        yield
 
 
 def create_whole(database: Path) -> None:
