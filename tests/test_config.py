@@ -205,6 +205,8 @@ def hydra_command(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, *args: str) -
     (how many times Hydra composed it, the jobs' configs)."""
     import hydra
     from hydra._internal.hydra import Hydra
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.core.hydra_config import HydraConfig
 
     from fvexp.app.places import config_dir
 
@@ -215,8 +217,15 @@ def hydra_command(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, *args: str) -
     monkeypatch.setattr(logging.root, "handlers", list(logging.root.handlers))  # Hydra sets up logging: undone
     monkeypatch.setattr(logging.root, "level", logging.root.level)
     monkeypatch.setenv("HYDRA_FULL_ERROR", "1")  # Hydra raises what it would print
+    # Hydra leaves its run's config behind: undone, else later tests anchor relative stores in this run's folder
+    monkeypatch.setattr(HydraConfig.instance(), "cfg", HydraConfig.instance().cfg)
+    was_initialized = GlobalHydra.instance().is_initialized()
     register()
-    hydra.main(version_base="1.3", config_path=str(config_dir()), config_name="config")(jobs.append)()
+    try:
+        hydra.main(version_base="1.3", config_path=str(config_dir()), config_name="config")(jobs.append)()
+    finally:
+        if not was_initialized:
+            GlobalHydra.instance().clear()
     return len(composed), jobs
 
 
