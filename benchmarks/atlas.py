@@ -2,12 +2,14 @@
 
     python benchmarks/atlas.py --steps 128 --size 64 --picture docs/atlas.png
     python benchmarks/atlas.py --steps 128 --size 64 --no-whiten     # the raw directions, as before whitening
+    python benchmarks/atlas.py --steps 128 --size 64 --centre        # each direction at the map's centre (Lucid's)
 
 Builds the demo folder (`fvexp-demo`, 267 photos) in a temporary folder unless --data is given, runs
 `task=atlas` from a fresh atlas folder (nothing resumed) through `fvexp.run`, and prints the
-`atlas.seconds.*` metrics, the cells rendered and the seconds per cell, and the two figures that say
+`atlas.seconds.*` metrics, the cells rendered and the seconds per cell, and the figures that say
 whether the cells show their directions: `atlas.own_direction_share` (cells whose image excites
-their own direction more than every other cell's) and the cells' median high-frequency energy
+their own direction more than every other cell's, averaged over the map's positions; `..._centre`
+at its centre, where `task.centre=true` renders each direction) and the cells' median high-frequency energy
 (`atlas.high_frequency_energy`; noise is high). --picture copies atlas.png.
 """
 
@@ -35,6 +37,8 @@ def main() -> None:
     parser.add_argument("--whiten", action=argparse.BooleanOptionalAction, default=True,
                         help="task.whiten: render the whitened directions (default) or the raw ones")
     parser.add_argument("--attempts", type=int, default=1, help="task.attempts: random starts per cell, the best kept")
+    parser.add_argument("--centre", action=argparse.BooleanOptionalAction, default=False,
+                        help="task.centre: each cell's direction at the map's centre, or at every position (default)")
     parser.add_argument("--dir", help="the atlas folder (task.dir); one left by an earlier run resumes it, so "
                                       "its finished phases then take no time (default: a fresh one)")
     args = parser.parse_args()
@@ -47,7 +51,7 @@ def main() -> None:
         result = fvexp.run("task=atlas", f"objective.layer={args.layer}", f"data.dir={data}",
                            f"task.grid={args.grid}", f"task.per_batch={args.per_batch}", f"render.steps={args.steps}",
                            f"render.size={args.size}", f"task.dir={folder}", f"task.whiten={args.whiten}",
-                           f"task.attempts={args.attempts}", "tracking=none",
+                           f"task.attempts={args.attempts}", f"task.centre={args.centre}", "tracking=none",
                            f"hydra.run.dir={Path(scratch) / 'run'}")
         total = time.perf_counter() - started
         metrics = result.metrics
@@ -58,8 +62,9 @@ def main() -> None:
             print(f"  {phase:7s} {metrics[f'atlas.seconds.{phase}']:7.1f} s")
         print(f"  render per cell {metrics['atlas.seconds.render'] / max(1, metrics['atlas.cells']):.2f} s; "
               f"whole command {total:.1f} s (with model load and the own-direction check); "
-              f"own direction share {metrics['atlas.own_direction_share']:.2f}, cells' median high-frequency "
-              f"energy {metrics['atlas.high_frequency_energy']:.4f} (whiten={args.whiten})")
+              f"own direction share {metrics['atlas.own_direction_share']:.2f} (at the centre "
+              f"{metrics['atlas.own_direction_share_centre']:.2f}), cells' median high-frequency energy "
+              f"{metrics['atlas.high_frequency_energy']:.4f} (whiten={args.whiten}, centre={args.centre})")
         if args.picture:
             shutil.copyfile(result.path, args.picture)
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import difflib
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
+from enum import Enum
 from pathlib import Path
 from typing import Any
 
@@ -47,15 +48,34 @@ class Call:
         return f"{self.piece.__name__}({', '.join(f'{name}={value!r}' for name, value in self.arguments)})"
 
 
-@dataclass(frozen=True)
-class Setting:
-    """A choice the caller made that is no argument of the piece (the image size, the learning rate), in words;
-    the application names the config key that holds it."""
+class Setting(Enum):
+    """A choice the caller made that is no argument of the piece a message is about (the image size, the
+    learning rate), as the library's messages word it. The application names the config key that holds each
+    (`fvexp.app.keys.SETTINGS`, which a test keeps complete), so both sides share these constants, not phrases."""
 
-    words: str
+    IMAGE_SIZE = "image size"
+    NET = "net"  # the network whose named_modules() are the layers
+    NET_IS = "net is"  # a model function that returned something other than a network
+    GIVE_NETWORK = "give the network itself"
+    UNFOLDED = "fold_batch_norm=False when building the model"  # efficientnet_lite's, which folds them by default
+    CLASSES = "classes"  # where a model's class names come from
+    CLASS_SOURCES = "classes='imagenet' or a text file with one name per line"
+    FOLDER = "folder"  # the image folder a piece was given, unless told its key
+    EXAMPLES_FOLDER = "a folder of dataset examples"
+    NO_EXAMPLES = "ask for no dataset examples"
+    TRAINING_SIZE = "training image size"  # a prior's, when it is trained
+    UNIT_OBJECTIVES = "one of channel, neuron, class_logit, class_prob or class_logsumexp"  # about one unit
+    EXAMPLE = "channel(layer='_blocks.8', channel=5)"  # an objective, for messages
+    TERM = "{'weight': number, 'objective': Objective}"  # one of `combine`'s terms
+    TERM_WITH_EXAMPLE = "{'weight': number, 'objective': an Objective such as channel(layer='_blocks.8', channel=5)}"
+    AN_OBJECTIVE = "an Objective, e.g. channel(layer='_blocks.8', channel=5)"
+    LEARNING_RATE = "the learning rate"
+    PRIOR_WEIGHT = "a weight on the prior term"
+    START_IMAGE = "a start image for the parameterization"
+    TRAIN_PRIOR = "train one with priors.train(images) and save it with priors.save(net, path, size, meta)"
 
     def __str__(self) -> str:
-        return self.words
+        return self.value
 
 
 class ArgumentError(FvexpError):

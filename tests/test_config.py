@@ -53,6 +53,7 @@ def needs(option: str, image: Path) -> list[str]:
     """The overrides an option cannot do without: a reference image, a direction vector."""
     return {"style": [f"objective.image={image}"], "inversion": [f"objective.image={image}"],
             "direction": [f"objective.vector=[{','.join(['1.0'] * 112)}]"],
+            "direction_neuron": [f"objective.vector=[{','.join(['1.0'] * 112)}]"],
             "prior": [f"param.path={image.with_name('prior.pt')}"]}.get(option, [])
 
 

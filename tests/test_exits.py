@@ -22,6 +22,8 @@ CASES = [  # (arguments, the one line after "fvexp: error: ")
                        + ", ".join(sorted(f.stem for f in (ROOT / "conf" / "ablation").glob("*.yaml")))),
     (["--cfg", "job", "render.steps=-5"],
      "render.steps=-5 is not allowed: render.steps must be a positive number of optimization steps"),
+    (["--cfg", "job", "task=atlas", "objective.layer=_blocks.8", "data.dir={tmp}", "task.grid=0"],  # a task's own
+     "task.grid=0 is not allowed: task.grid must be at least 1"),
     (["--config-dir", "{tmp}/conf", "objective=broken"],
      "{tmp}/conf/objective/broken.yaml is not valid YAML: mapping values are not allowed here at line 2, column 10; "
      "fix the file, or leave it out of --config-dir"),
@@ -32,8 +34,8 @@ CASES = [  # (arguments, the one line after "fvexp: error: ")
 
 
 @pytest.mark.slow  # an fvexp process each (no model is loaded: each stops before any job)
-@pytest.mark.parametrize(("arguments", "line"), CASES, ids=["key", "option", "optional", "cfg-range", "yaml",
-                                                                           "folder"])
+@pytest.mark.parametrize(("arguments", "line"), CASES, ids=["key", "option", "optional", "cfg-range", "cfg-task",
+                                                            "yaml", "folder"])
 def test_bad_input_before_any_job_is_one_line_and_exit_code_2(arguments: list[str], line: str,
                                                               tmp_path: Path) -> None:
     (tmp_path / "conf" / "objective").mkdir(parents=True)

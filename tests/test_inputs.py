@@ -16,9 +16,9 @@ from torch import nn
 
 from fvexp.app.build import build, check_fits
 from fvexp.app.gallery import parse_channels
-from fvexp.app.keys import check_ranges, said
+from fvexp.app.keys import SETTINGS, _groups, _prefix, check_ranges, said
 from fvexp.app.schema import validate
-from fvexp.errors import ArgumentError, FvexpError, OutOfRange
+from fvexp.errors import ArgumentError, FvexpError, OutOfRange, Setting
 from fvexp.optvis import LowRes, objectives, regularizers
 from fvexp.optvis.data import open_image, scan
 from fvexp.optvis.features import FeatureModel
@@ -125,6 +125,23 @@ def test_the_layer_listing_says_which_objectives_fit_each_layer(model) -> None:
                     "2": ("64 tok×6 (0+8×8)", "6", "channel, neuron, layer, direction")}
 
 
+def test_every_setting_the_library_names_has_its_key_on_the_command_line() -> None:
+    """A `Setting` added to the library without its key would turn a one-line error into a KeyError."""
+    assert set(Setting) == set(SETTINGS)
+
+
+def test_a_suggested_piece_is_named_in_the_group_whose_configs_build_its_module() -> None:
+    """Groups come from conf/'s `_target_`s: a new module's pieces need no table beside their YAML."""
+    groups = _groups()
+    assert {module: groups[module] for module in ("fvexp.optvis.objectives", "fvexp.optvis.params",
+                                                  "fvexp.optvis.optimizers", "fvexp.optvis.transforms",
+                                                  "fvexp.optvis.models", "fvexp.optvis.onnx")} == {
+        "fvexp.optvis.objectives": "objective", "fvexp.optvis.params": "param", "fvexp.optvis.optimizers": "optimizer",
+        "fvexp.optvis.transforms": "transforms", "fvexp.optvis.models": "model", "fvexp.optvis.onnx": "model"}
+    cfg = make("objective.layer=_fc", "objective.channel=3")  # class_logit is built by no node of this config
+    assert _prefix(objectives.class_logit, cfg) == "objective"
+
+
 # --- 2. every value has a range ---
 
 @pytest.mark.parametrize("overrides,expected", [
@@ -149,8 +166,8 @@ def test_the_layer_listing_says_which_objectives_fit_each_layer(model) -> None:
                                                   "optimizer.weight_decay must be 0 or more (0: off)"),
     ("param=lowres param.factor=0", "param.factor=0 is not allowed: param.factor must be a downscaling factor of "
                                     "at least 1 (1: full resolution)"),
-    ("param=lowres param.frames=0", "param.frames=0 is not allowed: param.frames must be at least 1 frame, or null "
-                                    "for one per image"),
+    ("param=lowres param.frames=0", "param.frames=0 is not allowed: param.frames must be at least 1 frame (unset: "
+                                    "one per image)"),
     ("param=laplacian param.levels=0", "param.levels=0 is not allowed: param.levels must be at least 1 level (1: "
                                        "the full-resolution image alone)"),
     ("param=cppn param.hidden=0", "param.hidden=0 is not allowed: param.hidden must be at least 1 channel per "

@@ -55,7 +55,8 @@ def test_a_prior_file_round_trips_and_its_decoder_draws_images_of_the_run(tmp_pa
 
 
 def test_bad_prior_files_get_one_clear_error(tmp_path: Path) -> None:
-    with pytest.raises(FvexpError, match=r"^path: the prior file .*nowhere.pt' does not exist; train one with"):
+    with pytest.raises(FvexpError, match=r"^path: the prior file .*nowhere.pt' does not exist; train one with "
+                                         r"priors.train\(images\) and save it with priors.save"):  # Python's words
         PriorLatent(batch=1, size=SIZE, path=str(tmp_path / "nowhere.pt"))
     corrupt = tmp_path / "corrupt.pt"
     corrupt.write_bytes(b"not a prior at all")

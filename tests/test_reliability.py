@@ -21,6 +21,7 @@ import fvexp
 from fvexp.app.job import execute, run_task
 from fvexp.app.recorder import Recorder
 from fvexp.app.result import Job
+from fvexp.app.schema import validate
 from fvexp.errors import FvexpError
 from fvexp.tracking import uris
 from fvexp.tracking.uris import check_store
@@ -414,6 +415,7 @@ def test_an_atlas_that_cannot_start_leaves_no_folder_and_names_the_limit_of_its_
     for override, message in cases.items():
         cfg = make(*common, "objective.layer=_blocks.8", override)
         with pytest.raises(FvexpError, match=f"^{message}"):
+            validate(cfg)  # the task's own settings: before any model is loaded
             run_task(cfg, model, Job(tmp_path / "run"), Recorder())
         assert not (tmp_path / "atlas").exists()
 

@@ -40,9 +40,26 @@ def test_direction_is_dot_times_floored_cosine_power() -> None:
     assert torch.allclose(objectives.direction("a", v, cossim_pow=2)(ACTS), expected, atol=1e-6)
 
 
+def test_direction_neuron_is_the_directions_objective_at_the_centre_alone() -> None:
+    v = [1.0, -1.0, 0.5, 0.0]
+    act = ACTS["a"]
+    h, w = act.shape[-2:]
+    centre = {"a": act[:, :, h // 2 : h // 2 + 1, w // 2 : w // 2 + 1]}  # a 1×1 map: the centre position alone
+    for power in (0.0, 1.0):
+        assert torch.allclose(objectives.direction_neuron("a", v, power)(ACTS),
+                              objectives.direction("a", v, power)(centre), atol=1e-6)
+    at = {"a": act[:, :, 0:1, 1:2]}
+    assert torch.allclose(objectives.direction_neuron("a", v, 1.0, x=1, y=0)(ACTS),
+                          objectives.direction("a", v, 1.0)(at))
+
+
 def test_direction_checks_its_length_and_random_direction_is_seeded(model) -> None:
-    with pytest.raises(FvexpError, match=r"vector has 2 values but layer '_blocks\.8' has 112 channels"):
-        objectives.direction("_blocks.8", [1.0, 2.0]).prepare(model, {"_blocks.8": torch.Size([1, 112, 7, 7])})
+    shapes = {"_blocks.8": torch.Size([1, 112, 7, 7])}
+    for piece in (objectives.direction, objectives.direction_neuron):
+        with pytest.raises(FvexpError, match=r"vector has 2 values but layer '_blocks\.8' has 112 channels"):
+            piece("_blocks.8", [1.0, 2.0]).prepare(model, shapes)
+    with pytest.raises(FvexpError, match=r"position x=9, y=None is outside layer '_blocks\.8', whose map is 7x7"):
+        objectives.direction_neuron("_blocks.8", [1.0] * 112, x=9).prepare(model, shapes)
     acts = {"a": torch.randn(2, 6, 3, 3)}
     first, again, other = (objectives.random_direction("a", seed=s) for s in (1, 1, 2))
     for o in (first, again, other):

@@ -93,15 +93,12 @@ def _in_memory(model: nn.Module, objective: str | Objective | None, *, mean: Seq
             OmegaConf.update(cfg, SHORT.get(key, key), value, merge=False)
         except OmegaConfBaseException as error:
             raise FvexpError(f"{key}={value!r}: {one_line(error)}") from None
+    if named and "classes" in cfg.objective:  # "logits:goldfish" reads the names given here, not model=*'s
+        cfg.objective.classes = classes if isinstance(classes, str) else list(classes)
     names = class_names(classes) if isinstance(classes, str) else list(classes)
     with _borrowed(model):
         wrapped = model if isinstance(model, FeatureModel) else FeatureModel(
             model, *_normalization(model, mean, std), names, logits_layer, input_size=own_input_size(model))
-        cfg.model = {"in_memory": type(wrapped.net).__name__, "mean": wrapped.mean.flatten().tolist(),
-                     "std": wrapped.std.flatten().tolist(), "logits_layer": wrapped.logits_layer,
-                     "classes": list(wrapped.classes)}
-        if isinstance(objective, Objective):
-            cfg.objective = {"in_memory": objective.name}
         record = [*choices, *named, *overrides, *(f"{k}={v}" for k, v in settings.items())]
         with _run_folder(out_dir) as folder:
             result = execute(cfg, Job(folder, record, name=None, model=wrapped,

@@ -32,7 +32,7 @@ from fvexp.app.pages import uri, write_page
 from fvexp.app.places import launch_dir
 from fvexp.app.recorder import Recorder
 from fvexp.app.result import Job, Result
-from fvexp.app.schema import require, require_folder
+from fvexp.app.schema import checked_by, require, require_folder
 from fvexp.errors import FvexpError
 from fvexp.optvis import atlas as lib
 from fvexp.optvis.data import fingerprint, open_image, scan
@@ -40,7 +40,7 @@ from fvexp.optvis.examples import crop_box, receptive_field
 from fvexp.optvis.features import FeatureModel
 from fvexp.optvis.images import to_pil
 from fvexp.optvis.metrics import high_frequency_energy
-from fvexp.optvis.objectives import Objective, class_index, direction
+from fvexp.optvis.objectives import Objective, class_index, direction, direction_neuron
 from fvexp.optvis.objectives import per_image as each_image
 from fvexp.optvis.plots import scatter
 
@@ -49,46 +49,62 @@ CROP = 64  # pixels of an example crop on the page
 T = TypeVar("T")
 
 
+def check(cfg: DictConfig) -> None:
+    """The atlas's settings before a model is loaded: a folder, a layer, counts, a sample that can fill the grid."""
+    require_folder(cfg, "to sample activations from")
+    task = cfg.task
+    for key, least in (("grid", 1), ("per_image", 1), ("samples", 1), ("min_count", 1), ("examples", 0),
+                       ("attempts", 1)):
+        require(task[key] >= least, f"task.{key}", task[key], "at least 1" if least else "0 or more")
+    require(task.samples >= task.per_image, "task.samples", task.samples, f"at least task.per_image={task.per_image} "
+            "(the vectors of one image)")
+    if not cfg.objective.get("layer"):
+        raise FvexpError("task=atlas needs a layer: objective.layer=NAME (fvexp-layers lists them), e.g. "
+                         "objective.layer=_blocks.8")
+    fillable(task.samples, task.per_image, task.grid)  # before the sampling's minutes
+
+
+@checked_by(check)
 def atlas(cfg: DictConfig, model: FeatureModel, job: Job, tracker: Recorder, *, grid: int = 20, per_image: int = 8,
           samples: int = 4000, min_count: int = 3, per_batch: int | None = None, cossim_pow: float = 1.0,
           whiten: bool = True, class_filter: str | None = None, opacity: bool = False, examples: int = 6,
-          dir: str | None = None, attempts: int = 1) -> Result:
+          dir: str | None = None, attempts: int = 1, centre: bool = False) -> Result:
     """Sample, lay out, render the cells batch by batch into the atlas folder, then write and log the outputs.
 
     The layout is cut into `grid`×`grid` cells; `per_image` activation vectors are sampled at random
     positions of each image, `samples` in all (about samples/per_image images are read, whatever the
     folder's size); cells with fewer than `min_count` vectors stay empty. `per_batch` cells are
     optimized together, one image each (None: as the gallery's). Each cell's objective is
-    dot · max(0.1, cos)^`cossim_pow` (Lucid's form), and with `whiten` it renders S·v, S the inverse
-    second moment of the sample (Lucid's direction_neuron_cossim_S). `class_filter` (a class name or
-    index) keeps only positions of images predicted as it; `opacity` fades sparse cells of atlas.png
-    into white by their count; `examples` crops of the cell's images are shown under each cell on
-    the page. `dir` keeps the sample, layout and finished cells (None: outputs/atlas/<layer>-<hash>).
-    `attempts` renders each cell from that many random starts and keeps the one its own objective
-    rates highest, as Lucid's atlas rendered its icons: a weak direction's start decides whether it
-    finds the direction's structure or settles on the layer's average texture.
+    dot · max(0.1, cos)^`cossim_pow` averaged over the layer's map, or with `centre` at its centre
+    alone (a vector layer: its output), and with `whiten` it renders S·v, S the inverse second moment
+    of the sample; whitened and at the centre, it is Lucid's direction_neuron_cossim_S, with which its
+    atlas rendered its icons. At the centre, cells of flat regions (sky, plain walls) find structure
+    instead of mottled texture, but the others blur at their edges, which nothing constrains (README).
+    `class_filter` (a class name or index) keeps only positions of images predicted as it; `opacity`
+    fades sparse cells of atlas.png into white by their count; `examples` crops of the cell's images
+    are shown under each cell on the page. `dir` keeps the sample, layout and finished cells (None:
+    outputs/atlas/<layer>-<hash>). `attempts` renders each cell from that many random starts and keeps
+    the one its own objective rates highest, as Lucid's atlas rendered its icons: a weak direction's
+    start decides whether it finds the direction's structure or settles on the layer's average texture.
     """
-    require_folder(cfg, "to sample activations from")
-    for key, value, least in (("grid", grid, 1), ("per_image", per_image, 1), ("samples", samples, 1),
-                              ("min_count", min_count, 1), ("examples", examples, 0), ("attempts", attempts, 1)):
-        require(value >= least, f"task.{key}", value, "at least 1" if least else "0 or more")
-    require(samples >= per_image, "task.samples", samples, f"at least task.per_image={per_image} (the vectors of one "
-            "image)")
-    layer = cfg.objective.get("layer")
-    if not layer:
-        raise FvexpError("task=atlas needs a layer: objective.layer=NAME (fvexp-layers lists them), e.g. "
-                         "objective.layer=_blocks.8")
+    layer = cfg.objective.layer
     model.layer(layer)  # an unknown layer is refused before anything is made for it
-    fillable(samples, per_image, grid)  # before the sampling's minutes
     files = scan(cfg.data.dir, "data.dir")
     transforms = build(cfg.transforms)
 
+    shape = model.probe([layer], cfg.render.size)[layer]
+
+    def aimed(vector: list[float]) -> Objective:
+        """A cell's objective: Lucid's icon objective, the direction at the map's centre; a vector layer's whole."""
+        if centre and len(shape) == 4:
+            return direction_neuron(layer, vector, cossim_pow)
+        return direction(layer, vector, cossim_pow)
+
     def probe_objective(n: int) -> Objective:  # a cell's kind of objective, n times: only a CUDA card probes
-        width = model.probe([layer], cfg.render.size)[layer][1]
-        return each_image([direction(layer, [1.0] * width, cossim_pow)] * n)
+        return each_image([aimed([1.0] * shape[1])] * n)
 
     size = batch_size(cfg, model, transforms, probe_objective, grid**2, per_batch)
-    folder = Path(dir) if dir else atlas_dir(cfg, layer, files, size)  # a failed start leaves no folder
+    folder = Path(dir) if dir else atlas_dir(cfg, model, layer, files, size)  # a failed start leaves no folder
     tracker.set_tags({"fvexp.atlas": str(folder.resolve()), "fvexp.per_batch": str(size)})
     seconds: dict[str, float] = {}
     sample = timed(seconds, "sample", lambda: kept(folder / "sample.npz", lib.Sample.load, lambda s, p: s.save(p),
@@ -108,7 +124,7 @@ def atlas(cfg: DictConfig, model: FeatureModel, job: Job, tracker: Recorder, *, 
                                                lambda: laid_out(sample.vectors, cfg.seed, cfg.progress)))
     cells = lib.cells(xy, sample.vectors, grid, min_count)
     aims = [c.direction if whitening is None else whitening @ c.direction for c in cells]  # what each image maximizes
-    items = [Item(attempt_name(c, a, attempts), direction(layer, aim.tolist(), cossim_pow), {"count": c.count})
+    items = [Item(attempt_name(c, a, attempts), aimed(aim.tolist()), {"count": c.count})
              for c, aim in zip(cells, aims, strict=True) for a in range(attempts)]
     interrupted = timed(seconds, "render", lambda: render_batches(cfg, model, transforms, tracker, folder, items, size,
                                                                  "atlas", "cell"))
@@ -118,12 +134,13 @@ def atlas(cfg: DictConfig, model: FeatureModel, job: Job, tracker: Recorder, *, 
     paths = timed(seconds, "write", lambda: write(cfg, model, folder, job.out_dir, layer, sample, xy, shown, label,
                                                    opacity, examples))
     images = torch.stack([open_image(image_path(folder, c.name), cfg.render.size) for c in shown]) if shown else None
-    own = lib.excitation(model, layer, images, torch.from_numpy(np.stack([c.direction for c in shown])),
-                         cossim_pow) if shown else torch.zeros(0, 0)
+    own = at_centre = torch.zeros(0, 0)  # each image's excitation of every cell's direction: everywhere, at the centre
+    if images is not None:
+        raw = torch.from_numpy(np.stack([c.direction for c in shown]))
+        own, at_centre = (lib.excitation(model, layer, images, raw, cossim_pow, centre=at) for at in (False, True))
     metrics = {"atlas.cells": len(shown), "atlas.cells_nonempty": len(cells), "atlas.vectors": len(sample.vectors),
                "atlas.images": int((sample.predicted >= 0).sum()),
-               "atlas.own_direction_share": float((own.argmax(1) == torch.arange(len(own))).float().mean())
-               if len(own) else 0.0,
+               "atlas.own_direction_share": share(own), "atlas.own_direction_share_centre": share(at_centre),
                "atlas.high_frequency_energy": float(np.median([high_frequency_energy(i[None]) for i in images]))
                if shown else 0.0,
                **{f"atlas.seconds.{phase}": value for phase, value in seconds.items()}}
@@ -134,17 +151,20 @@ def atlas(cfg: DictConfig, model: FeatureModel, job: Job, tracker: Recorder, *, 
     return Result(images, metrics=metrics, path=paths[0], status="KILLED" if interrupted else "FINISHED")
 
 
-def atlas_dir(cfg: DictConfig, layer: str, files: list[Path], per_batch: int) -> Path:
+def atlas_dir(cfg: DictConfig, model: FeatureModel, layer: str, files: list[Path], per_batch: int) -> Path:
     """The folder an atlas resumes from: every setting that changes it (`per_batch` cells per
     optimization), and the folder's content, hashed."""
     root = Path(cfg.data.dir).expanduser().absolute()
     task = {key: cfg.task[key] for key in ("grid", "per_image", "samples", "min_count", "cossim_pow", "class_filter",
-                                           "whiten")}
-    if cfg.task.get("attempts", 1) != 1:  # one attempt names the folders of atlases made before there were more
-        task["attempts"] = cfg.task.attempts
-    settings = [digest(cfg, per_batch), task, cfg.data.size, fingerprint(root, files)]
+                                           "whiten", "attempts", "centre")}
+    settings = [digest(cfg, model, per_batch), task, cfg.data.size, fingerprint(root, files)]
     key = hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:12]
     return launch_dir() / "outputs" / "atlas" / f"{layer}-{key}"
+
+
+def share(values: torch.Tensor) -> float:
+    """The share of rows (images) whose largest value is on the diagonal (their own cell's direction)."""
+    return float((values.argmax(1) == torch.arange(len(values))).float().mean()) if len(values) else 0.0
 
 
 def attempt_name(cell: lib.Cell, attempt: int, attempts: int) -> str:

@@ -24,7 +24,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
-from fvexp.app.build import build, build_objective, build_param, check_fits
+from fvexp.app.build import build, build_objective, build_param, check_fits, model_key
 from fvexp.app.recorder import Recorder
 from fvexp.optvis.features import FeatureModel
 from fvexp.optvis.images import to_pil
@@ -115,15 +115,16 @@ def final_values(model: FeatureModel, objective: Objective, images: torch.Tensor
         return objective({**read(images), INPUT: images}).tolist()
 
 
-def digest(cfg: DictConfig, per_batch: int) -> str:
+def digest(cfg: DictConfig, model: FeatureModel, per_batch: int) -> str:
     """A hash of every setting that changes the images of a batch (not which items, nor tracking).
 
-    `per_batch` is the batch size in use, which `task.per_batch=null` leaves to the device.
+    The network is named by `model_key`, whether a config or a Python caller built it; `per_batch` is
+    the batch size in use, which `task.per_batch=null` leaves to the device.
     """
-    keys = ("model", "objective", "param", "transforms", "optimizer", "regularizers", "render", "seed", "precision",
+    keys = ("objective", "param", "transforms", "optimizer", "regularizers", "render", "seed", "precision",
             "channels_last")
     settings = {key: OmegaConf.to_container(cfg[key], resolve=True) if OmegaConf.is_config(cfg[key]) else cfg[key]
                 for key in keys}
     settings["objective"].pop("channel", None)
-    settings["per_batch"] = per_batch
+    settings["model"], settings["per_batch"] = model_key(cfg, model), per_batch
     return hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:12]

@@ -175,9 +175,10 @@ def resolve_device(name: str) -> torch.device:
 
 
 def model_key(cfg: DictConfig, model: FeatureModel) -> str:
-    """What identifies the network for the activation cache: its config, weights checksum and precision."""
-    return json.dumps([OmegaConf.to_container(cfg.model, resolve=True), weights_digest(model), cfg.precision],
-                      sort_keys=True, default=str)
+    """What identifies the network whatever built it (a config or a Python caller): its class, the input's
+    normalization and size, its weights' checksum and the precision it runs at."""
+    return json.dumps([type(model.net).__qualname__, model.mean.flatten().tolist(), model.std.flatten().tolist(),
+                       model.logits_layer, model.input_size, weights_digest(model), cfg.precision])
 
 
 def weights_digest(model: FeatureModel) -> str:

@@ -27,6 +27,7 @@ from fvexp.app.pages import uri, write_page
 from fvexp.app.places import launch_dir
 from fvexp.app.recorder import Recorder
 from fvexp.app.result import Job, Result
+from fvexp.app.schema import checked_by
 from fvexp.errors import FvexpError
 from fvexp.optvis import examples
 from fvexp.optvis.data import open_image
@@ -39,6 +40,14 @@ EXAMPLES_SHOWN = 4  # top dataset examples beside each channel on the page
 Strip = list[tuple[Image.Image, str]]  # images with their captions
 
 
+def check(cfg: DictConfig) -> None:
+    """A gallery is of the channels of a layer: an objective with a channel to vary, before a model is loaded."""
+    if "channel" not in cfg.objective:
+        raise FvexpError("task=gallery visualizes the channels of a layer; use objective=channel or objective=neuron "
+                         "with objective.layer=...")
+
+
+@checked_by(check)
 def gallery(cfg: DictConfig, model: FeatureModel, job: Job, tracker: Recorder, *, channels: Any = None,
             per_batch: int | None = None, dir: str | None = None) -> Result:
     """Visualize the channels batch by batch into the gallery folder, then write the sheet and the page.
@@ -48,16 +57,13 @@ def gallery(cfg: DictConfig, model: FeatureModel, job: Job, tracker: Recorder, *
     CUDA card as many as fit in 80 % of its memory, else `fvexp.app.build.CPU_PER_BATCH`). `dir`
     keeps the finished channels, to resume (None: outputs/gallery/<layer>-<hash>).
     """
-    if "channel" not in cfg.objective:
-        raise FvexpError("task=gallery visualizes the channels of a layer; use objective=channel or objective=neuron "
-                         "with objective.layer=...")
     layer = cfg.objective.layer
     count = model.probe([layer], cfg.render.size)[layer][1]
     chosen = parse_channels(channels, count, layer)
     transforms = build(cfg.transforms)
     size = batch_size(cfg, model, transforms, lambda n: per_image([build(cfg.objective, channel=chosen[0])] * n),
                       len(chosen), per_batch)
-    folder = Path(dir) if dir else launch_dir() / "outputs" / "gallery" / f"{layer}-{digest(cfg, size)}"
+    folder = Path(dir) if dir else launch_dir() / "outputs" / "gallery" / f"{layer}-{digest(cfg, model, size)}"
     folder.mkdir(parents=True, exist_ok=True)
     tracker.set_tags({"fvexp.gallery": str(folder.resolve()), "fvexp.per_batch": str(size)})
     items = [Item(name(c), build(cfg.objective, channel=c), {"channel": c}) for c in chosen]

@@ -14,6 +14,7 @@ import socket
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import torch
 from omegaconf import DictConfig, OmegaConf
@@ -39,7 +40,7 @@ from fvexp.app.measure import Measurer
 from fvexp.app.priors import data_terms, prior_tags
 from fvexp.app.recorder import Guarded, Recorder
 from fvexp.app.result import Job, Result
-from fvexp.app.schema import require_folder, task_call, thresholds, validate
+from fvexp.app.schema import checked_by, require_folder, task_call, thresholds, validate
 from fvexp.credentials import redact
 from fvexp.errors import FvexpError
 from fvexp.optvis import examples, sanity
@@ -62,7 +63,7 @@ def execute(cfg: DictConfig, job: Job) -> Result:
         job.out_dir.mkdir(parents=True, exist_ok=True)
     except OSError as error:  # e.g. out_dir under a file, from Python
         raise FvexpError(unwritable(error)) from None
-    settings = OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
+    settings = recorded(cfg, job)
     built: Recorder = build(cfg.tracking)
     tracker = Guarded(built, getattr(built, "on_error", "warn"), redact(str(getattr(built, "uri", ""))))
     process = {"fvexp.host": socket.gethostname(), "fvexp.pid": str(os.getpid())}  # to find runs whose process died
@@ -70,7 +71,7 @@ def execute(cfg: DictConfig, job: Job) -> Result:
         tracker.start(job.name, {key: redact(str(value)) for key, value in flatten(settings)},
                       lambda: {**describe(device), **job.tags, **process, "overrides": redact(" ".join(job.overrides))},
                       lambda: {name: redact(text) for name, text in {
-                          "config.yaml": OmegaConf.to_yaml(cfg, resolve=True),  # in order: transforms run in it
+                          "config.yaml": OmegaConf.to_yaml(settings),  # in order: transforms run in it
                           "overrides.yaml": OmegaConf.to_yaml(OmegaConf.create(job.overrides)),
                           **environment_files()}.items()})
         torch.manual_seed(cfg.seed)
@@ -97,6 +98,20 @@ def execute(cfg: DictConfig, job: Job) -> Result:
     tracker.finish(result.status, result.error)
     result.run_id = tracker.run_id
     return result
+
+
+def recorded(cfg: DictConfig, job: Job) -> dict[str, Any]:
+    """The run's settings as its record keeps them: the config, with a network or an objective that a Python
+    caller passed in memory described in the place of the config's."""
+    settings: dict[str, Any] = OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)  # type: ignore[assignment]
+    if job.model is not None:
+        net = job.model
+        settings["model"] = {"in_memory": type(net.net).__name__, "mean": net.mean.flatten().tolist(),
+                             "std": net.std.flatten().tolist(), "logits_layer": net.logits_layer,
+                             "classes": list(net.classes)}
+    if job.objective is not None:
+        settings["objective"] = {"in_memory": job.objective.name}
+    return settings
 
 
 def run_task(cfg: DictConfig, model: FeatureModel, job: Job, tracker: Recorder) -> Result:
@@ -165,9 +180,13 @@ def write_metrics(out_dir: Path, metrics: dict[str, float]) -> Path:
     return path
 
 
+def check_examples(cfg: DictConfig) -> None:
+    require_folder(cfg, "for dataset examples")
+
+
+@checked_by(check_examples)
 def examples_task(cfg: DictConfig, model: FeatureModel, job: Job, tracker: Recorder) -> Result:
     """`task=dataset_examples`: rank the folder by the objective's unit, no optimization."""
-    require_folder(cfg, "for dataset examples")
     main: Objective = job.objective if job.objective is not None else build(cfg.objective)
     examples.unit_of(main, "task=dataset_examples")
     main.prepare(model, model.probe(main.network_layers, cfg.data.size))

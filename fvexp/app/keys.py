@@ -11,6 +11,8 @@ imported for it, not torch before a run needs it), so a bad value costs no model
 
 from __future__ import annotations
 
+import functools
+import re
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -21,36 +23,35 @@ from fvexp.app.places import config_dir
 from fvexp.errors import UNSET, Arg, ArgumentError, Call, FvexpError, OutOfRange, Setting
 from fvexp.ranges import check, declared
 
-GROUPS = {"objectives": "objective", "params": "param", "models": "model", "features": "model", "weights": "model",
-          "onnx": "model", "optimizers": "optimizer", "transforms": "transforms", "atlas": "task"}  # module -> group
 LIBRARY = "fvexp.optvis."
-# What the library calls a choice of the caller's that is no argument of the piece it is in, and the command
-# line's words for it (see `fvexp.errors.Setting`).
-SETTINGS = {
-    "image size": "render.size",
-    "net": "model",  # the network whose named_modules() are the layers
-    "folder": "data.dir",  # the image folder dataset examples are read from
-    "training image size": "data.size",  # a prior's, when it is trained
-    "ask for no dataset examples": "leave data.dir unset",
-    "classes": "model.classes",  # where a model's class names come from
-    "net is": "model.net built",  # of `custom`, given something that is no network
-    "give the network itself": "its _target_ must return the network",
-    "one of channel, neuron, class_logit, class_prob or class_logsumexp":
-        "objective=channel, neuron, class_logit, class_prob or class_logsumexp",
-    "the learning rate": "optimizer.lr",
-    "a weight on the prior term": "regularizers.prior.weight",
-    "a folder of dataset examples": "data.dir=FOLDER",
-    "a start image for the parameterization": "param.init=image param.image=PATH",
-    "fold_batch_norm=False when building the model": "model.fold_batch_norm=false",
-    "classes='imagenet' or a text file with one name per line":
-        "model.classes=imagenet or a text file; classes= in fvexp.visualize",
-    "channel(layer='_blocks.8', channel=5)":
-        "{_target_: fvexp.optvis.objectives.channel, layer: _blocks.8, channel: 5}",
-    "{'weight': number, 'objective': Objective}": "{weight: number, objective: {...}}",
-    "{'weight': number, 'objective': an Objective such as channel(layer='_blocks.8', channel=5)}":
+SETTINGS = {  # the command line's words for each of the library's `Setting`s; tests/test_inputs.py keeps it complete
+    Setting.IMAGE_SIZE: "render.size",
+    Setting.NET: "model",
+    Setting.NET_IS: "model.net built",
+    Setting.GIVE_NETWORK: "its _target_ must return the network",
+    Setting.UNFOLDED: "model.fold_batch_norm=false",
+    Setting.CLASSES: "model.classes",
+    Setting.CLASS_SOURCES: "model.classes=imagenet or a text file; classes= in fvexp.visualize",
+    Setting.FOLDER: "data.dir",
+    Setting.EXAMPLES_FOLDER: "data.dir=FOLDER",
+    Setting.NO_EXAMPLES: "leave data.dir unset",
+    Setting.TRAINING_SIZE: "data.size",
+    Setting.UNIT_OBJECTIVES: "objective=channel, neuron, class_logit, class_prob or class_logsumexp",
+    Setting.EXAMPLE: "{_target_: fvexp.optvis.objectives.channel, layer: _blocks.8, channel: 5}",
+    Setting.TERM: "{weight: number, objective: {...}}",
+    Setting.TERM_WITH_EXAMPLE:
         "{weight: number, objective: {_target_: fvexp.optvis.objectives.channel, layer: ..., channel: ...}}",
-    "an Objective, e.g. channel(layer='_blocks.8', channel=5)":
+    Setting.AN_OBJECTIVE:
         "one with its _target_, e.g. {_target_: fvexp.optvis.objectives.channel, layer: ..., channel: ...}",
+    Setting.LEARNING_RATE: "optimizer.lr",
+    Setting.PRIOR_WEIGHT: "regularizers.prior.weight",
+    Setting.START_IMAGE: "param.init=image param.image=PATH",
+    Setting.TRAIN_PRIOR: "train one with `fvexp task=train_prior data.dir=FOLDER` (it prints the file's path last)",
+}
+BUILT_BY_THE_APP = {  # pieces the application builds from a config node itself, not through a `_target_`
+    "fvexp.optvis.features.FeatureModel": "model",  # around whatever model.* builds (fvexp.app.build.configure)
+    "fvexp.optvis.atlas.sample": "task",  # with the atlas's task.* settings (fvexp.app.atlas)
+    "fvexp.optvis.atlas.cells": "task",
 }
 
 
@@ -58,7 +59,7 @@ def said(error: BaseException, cfg: DictConfig) -> BaseException:
     """`error` in the config's keys when the library raised it about an argument; any other error as it is."""
     if not isinstance(error, ArgumentError):
         return error
-    return FvexpError(error.worded(lambda part: SETTINGS[part.words] if isinstance(part, Setting)
+    return FvexpError(error.worded(lambda part: SETTINGS[part] if isinstance(part, Setting)
                                    else _key(part, _prefix(part.piece, cfg))))
 
 
@@ -105,10 +106,21 @@ def _key(part: Arg | Call, prefix: str) -> str:
 
 
 def _prefix(piece: Callable[..., Any], cfg: DictConfig) -> str:
-    """Where the config builds `piece`; else its module's group (a piece the message suggests)."""
+    """Where the config builds `piece`; else the group whose configs build pieces of its module (a piece
+    the message suggests, say `class_logit` to a channel run: objective)."""
     target = f"{piece.__module__}.{piece.__qualname__}"
     found = next((path for path, node in _pieces(cfg) if node._target_ == target), None)
-    return found or GROUPS.get(piece.__module__.rpartition(".")[2], piece.__module__)
+    return found or BUILT_BY_THE_APP.get(target) or _groups().get(piece.__module__, piece.__module__)
+
+
+@functools.cache
+def _groups() -> dict[str, str]:
+    """Module -> config group, read from the `_target_`s of `conf/<group>/*.yaml` (the configs are the registry)."""
+    groups: dict[str, str] = {}
+    for file in sorted(config_dir().glob("*/*.yaml")):
+        for target in re.findall(r"^\s*_target_:\s*([\w.]+)\s*$", file.read_text(), flags=re.M):
+            groups.setdefault(target.rpartition(".")[0], file.parent.name)
+    return groups
 
 
 def _choice(piece: Callable[..., Any], group: str) -> str:

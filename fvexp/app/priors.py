@@ -24,7 +24,7 @@ from fvexp.app.build import dataset_activations
 from fvexp.app.environment import sha256
 from fvexp.app.recorder import Recorder
 from fvexp.app.result import Job, Result
-from fvexp.app.schema import require, require_folder
+from fvexp.app.schema import checked_by, require, require_folder
 from fvexp.errors import FvexpError
 from fvexp.optvis import examples, priors
 from fvexp.optvis.data import batches, scan
@@ -36,13 +36,30 @@ from fvexp.optvis.sanity import path_layers
 LOG_EVERY = 10  # training steps per point of the loss curve
 
 
+def check_training(cfg: DictConfig) -> None:
+    """A folder to train on, a crop that fits data.size, and positive counts: before a model is loaded."""
+    require_folder(cfg, "to train the prior on")
+    settings = cfg.task
+    stride = 2 ** settings["depth"]
+    require(settings["steps"] >= 3, "task.steps", settings["steps"], "at least 3 (the learning rate warms up, then "
+            "anneals)")
+    for key in ("batch", "width", "latent", "depth"):
+        require(settings[key] >= 1, f"task.{key}", settings[key], "at least 1")
+    require(settings["lr"] > 0, "task.lr", settings["lr"], "a positive learning rate")
+    require(0 <= settings["noise"] <= 1, "task.noise", settings["noise"], "the largest noise sd, between 0 and 1")
+    require(stride <= settings["crop"] <= cfg.data.size and settings["crop"] % stride == 0, "task.crop",
+            settings["crop"], f"a multiple of 2^task.depth={stride} between {stride} and data.size={cfg.data.size}")
+    require(cfg.data.size % stride == 0, "data.size", cfg.data.size,
+            f"a multiple of 2^task.depth={stride}, so that the prior's decoder can draw images of that size")
+
+
+@checked_by(check_training)
 def train_prior(cfg: DictConfig, model: FeatureModel, job: Job, tracker: Recorder, **settings: Any) -> Result:
     """`task=train_prior`: train the prior on data.dir, save `prior.pt` and a picture of what it denoises.
 
     `settings` are `fvexp.optvis.priors.train`'s (crop, steps, batch, noise, lr, width, latent, depth),
     which the schema of `task.*` reads from that function, where they are written once.
     """
-    check_training(cfg, settings)
     images = folder_images(cfg)
     held_out, train_images = images[: max(1, len(images) // 10)], images[max(1, len(images) // 10):]
     losses: list[float] = []
@@ -77,22 +94,6 @@ def train_prior(cfg: DictConfig, model: FeatureModel, job: Job, tracker: Recorde
     for file in (path, sheet, job.out_dir / "metrics.json"):
         tracker.log_file(file)
     return Result(None, losses, metrics, path, "KILLED" if partial else "FINISHED")
-
-
-def check_training(cfg: DictConfig, settings: dict[str, Any]) -> None:
-    """A folder to train on, a crop that fits data.size, and positive counts."""
-    require_folder(cfg, "to train the prior on")
-    stride = 2 ** settings["depth"]
-    require(settings["steps"] >= 3, "task.steps", settings["steps"], "at least 3 (the learning rate warms up, then "
-            "anneals)")
-    for key in ("batch", "width", "latent", "depth"):
-        require(settings[key] >= 1, f"task.{key}", settings[key], "at least 1")
-    require(settings["lr"] > 0, "task.lr", settings["lr"], "a positive learning rate")
-    require(0 <= settings["noise"] <= 1, "task.noise", settings["noise"], "the largest noise sd, between 0 and 1")
-    require(stride <= settings["crop"] <= cfg.data.size and settings["crop"] % stride == 0, "task.crop",
-            settings["crop"], f"a multiple of 2^task.depth={stride} between {stride} and data.size={cfg.data.size}")
-    require(cfg.data.size % stride == 0, "data.size", cfg.data.size,
-            f"a multiple of 2^task.depth={stride}, so that the prior's decoder can draw images of that size")
 
 
 def stopped(net: priors.Autoencoder, steps: int) -> dict[str, str]:

@@ -40,7 +40,11 @@ class Result:
 
 @dataclass
 class Job:
-    """Where a job writes and how it is named; `model`/`objective` replace the config's for Python callers."""
+    """Where a job writes and how it is named; `model`/`objective` replace the config's for Python callers.
+
+    They travel here, beside the config, never inside it: the config stays what was composed, and the
+    record describes them in its place (`fvexp.app.job.recorded`).
+    """
 
     out_dir: Path
     overrides: list[str] = field(default_factory=list)

@@ -16,15 +16,16 @@ heavy is loaded.
 from __future__ import annotations
 
 import importlib.util
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field, make_dataclass
 from enum import StrEnum
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import yaml
 from hydra.core.config_store import ConfigStore
 from hydra.core.global_hydra import GlobalHydra
+from hydra.utils import get_object
 from omegaconf import DictConfig, OmegaConf
 
 from fvexp.app.keys import check_ranges
@@ -221,6 +222,20 @@ def _folder(entry: str) -> Path | None:
     return Path(next(iter(spec.submodule_search_locations))) if spec and spec.submodule_search_locations else None
 
 
+Task = TypeVar("Task", bound=Callable[..., Any])
+
+
+def checked_by(check: Callable[[DictConfig], None]) -> Callable[[Task], Task]:
+    """Give a task function the check of its settings that `validate` runs on the config before anything is
+    built (no model loaded, no run recorded), and that `--cfg job` runs too. The check lives beside the task."""
+
+    def attach(task: Task) -> Task:
+        task.check = check  # type: ignore[attr-defined]
+        return task
+
+    return attach
+
+
 def task_call(task: DictConfig) -> DictConfig:
     """A task node as `instantiate` takes it: its function and settings, without `name` (which option it is).
 
@@ -268,6 +283,9 @@ def validate(cfg: DictConfig) -> None:
     require(cfg.data.batch_size >= 1, "data.batch_size", cfg.data.batch_size, "at least 1")
     require(cfg.data.workers >= 0, "data.workers", cfg.data.workers, "0 or more processes")
     check_ranges(cfg)  # the ranges the pieces declare themselves (fvexp.ranges), before anything is built
+    task_check = getattr(get_object(task_call(cfg.task)._target_), "check", None)
+    if task_check is not None:
+        task_check(cfg)
     _validate_optimizer(cfg.optimizer)
     _validate_measures(cfg.measure)
     for term in ("diversity", "alignment"):

@@ -21,6 +21,7 @@ from fvexp.optvis.objectives import (
     class_logsumexp,
     class_prob,
     direction,
+    direction_neuron,
     diversity,
     interpolate,
     inversion,
@@ -40,6 +41,7 @@ __all__ = [
     "CPPN", "Compose", "Crop", "FeatureModel", "Fourier", "Jitter", "LaplacianPyramid", "LowRes", "Maco",
     "NonFiniteObjective", "Objective", "Pad", "Pixel", "PriorLatent", "Render", "Rotate", "Scale", "Shared",
     "SteepestDescent", "adam", "alignment", "bilateral", "blur", "channel", "class_logit", "class_logsumexp",
-    "class_prob", "direction", "diversity", "feature_stats", "interpolate", "inversion", "l1", "l2", "layer",
-    "neuron", "per_image", "prior", "random_direction", "render", "standard", "style", "total_variation",
+    "class_prob", "direction", "direction_neuron", "diversity", "feature_stats", "interpolate", "inversion", "l1",
+    "l2", "layer", "neuron", "per_image", "prior", "random_direction", "render", "standard", "style",
+    "total_variation",
 ]

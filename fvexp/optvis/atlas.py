@@ -30,8 +30,8 @@ from PIL import Image
 from torch import Tensor
 from tqdm import tqdm
 
-from fvexp.errors import Arg, ArgumentError
-from fvexp.optvis.data import FOLDER, batches
+from fvexp.errors import Arg, ArgumentError, Setting
+from fvexp.optvis.data import batches
 from fvexp.optvis.features import LOGITS, FeatureModel
 
 
@@ -101,7 +101,7 @@ def sample(model: FeatureModel, layer: str, files: list[Path], size: int = 224, 
     if not vectors:
         raise ArgumentError(f"none of the {len(chosen)} sampled image files could be read as an image; check that "
                             "{folder} holds .jpg, .png or .webp images", kind="images", value=len(chosen),
-                            folder=FOLDER)
+                            folder=Setting.FOLDER)
     return Sample(np.array([str(f) for f in chosen]), np.array(predicted), np.concatenate(vectors),
                   np.concatenate(image), np.concatenate(position), np.array(map_size))
 
@@ -139,7 +139,7 @@ def enough(count: int, grid: int) -> None:
                             f"({grid * grid} cells); use {{grid}}={max(1, math.isqrt(count))} or less, more "
                             "{per_image}, or a larger {folder}", kind="grid", value=grid,
                             allowed=f"at most {max(1, math.isqrt(count))}", grid=Arg(cells, "grid"),
-                            per_image=Arg(sample, "per_image"), folder=FOLDER)
+                            per_image=Arg(sample, "per_image"), folder=Setting.FOLDER)
 
 
 @dataclass
@@ -226,11 +226,12 @@ def head_logits(model: FeatureModel, layer: str, directions: Tensor, size: int, 
 
 @torch.no_grad()
 def excitation(model: FeatureModel, layer: str, images: Tensor, directions: Tensor, cossim_pow: float = 1.0,
-               batch_size: int = 32) -> Tensor:
+               batch_size: int = 32, centre: bool = False) -> Tensor:
     """(images, directions): the direction objective of each unit-length direction on each image.
 
     Row i's largest entry is at column i when image i, rendered for direction i, excites its own
-    direction more than every other's: the check that an atlas's cells show what they claim.
+    direction more than every other's: the check that an atlas's cells show what they claim. Over
+    every position of the map, averaged; with `centre`, at its centre alone (`direction_neuron`'s).
     """
     units = directions.to(model.device, torch.float32)
     units = units / units.norm(dim=1, keepdim=True).clamp(min=1e-8)
@@ -239,6 +240,9 @@ def excitation(model: FeatureModel, layer: str, images: Tensor, directions: Tens
         for start in range(0, len(images), batch_size):
             act = read(images[start : start + batch_size].to(model.device))[layer]
             act = act if act.dim() == 4 else act[:, :, None, None]
+            if centre:
+                h, w = act.shape[-2:]
+                act = act[:, :, h // 2 : h // 2 + 1, w // 2 : w // 2 + 1]
             dot = torch.einsum("bchw,nc->bnhw", act, units)
             cos = dot / act.norm(dim=1, keepdim=True).clamp(min=1e-4)
             rows.append((dot * cos.clamp(min=0.1) ** cossim_pow).flatten(2).mean(2).cpu())

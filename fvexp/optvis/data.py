@@ -22,11 +22,10 @@ from torch.utils.data import DataLoader, Dataset
 from fvexp.errors import Arg, ArgumentError, Setting
 from fvexp.optvis.images import SUFFIXES
 
-FOLDER = Setting("folder")  # what `scan` calls the folder it was given, unless told its key
 PREPROCESSING = "rgb, shorter side resized (bicubic, antialiased) to size, centre crop size×size, [0, 1]"
 
 
-def scan(folder: str | Path, key: str | Arg | Setting = FOLDER) -> list[Path]:
+def scan(folder: str | Path, key: str | Arg | Setting = Setting.FOLDER) -> list[Path]:
     """Every image file under `folder`, at any depth, in a stable (sorted) order.
 
     Symlinks are followed, but each real folder is read once: a link back to a parent folder (a loop)

@@ -40,7 +40,6 @@ from fvexp.optvis.objectives import Objective, Unit
 from fvexp.optvis.plots import histogram
 
 CELL = 128  # pixels of one example in the strips
-UNITS = "one of channel, neuron, class_logit, class_prob or class_logsumexp"  # the objectives about one unit
 
 
 @dataclass
@@ -73,7 +72,7 @@ def unit_of(objective: Objective, task: str) -> Unit:
     if objective.unit is None:
         raise ArgumentError("{task} needs an objective about one unit, and {name!r} is not; use {units}",
                             kind="objective", value=objective.name, task=task, name=objective.name,
-                            units=Setting(UNITS))
+                            units=Setting.UNIT_OBJECTIVES)
     return objective.unit
 
 
@@ -101,7 +100,7 @@ def activations(model: FeatureModel, unit: Unit, folder: str | Path, *, size: in
     if model.image_channels != 3:
         raise ArgumentError(f"dataset examples are photos, and this model takes {model.image_channels}-channel "
                             "images; {leave} for it", kind="channels", value=model.image_channels, allowed="3",
-                            leave=Setting("ask for no dataset examples"))
+                            leave=Setting.NO_EXAMPLES)
     files = [file.absolute() for file in scan(folder)]
     root = Path(folder).expanduser().absolute()
     reduction = "max" if unit.position is None else f"at {unit.position}"
@@ -293,7 +292,7 @@ def write(out: Path, acts: Activations, unit: Unit, chosen: dict[str, list[Examp
 
 
 def _csv(path: Path, acts: Activations, unit: Unit, values: np.ndarray) -> Path:
-    """Every readable image, best first: file (relative to data.dir), activation, map and pixel position."""
+    """Every readable image, best first: file (relative to the folder), activation, map and pixel position."""
     w = acts.map_size[1]
     with path.open("w", newline="") as handle:
         writer = csv.writer(handle)

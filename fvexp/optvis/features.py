@@ -24,7 +24,6 @@ Activations = dict[str, Tensor]
 LOGITS = "logits"  # not a layer name: whichever layer gives the model's logits (`FeatureModel.logits_layer`)
 LUMA = torch.tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)
 STD = Range(lambda std: all(value != 0 for value in std), "non-zero values: the network's input is divided by them")
-UNFOLDED = "fold_batch_norm=False when building the model"  # efficientnet_lite's, which folds them by default
 
 
 @ranges(std=STD)
@@ -114,12 +113,12 @@ class FeatureModel(nn.Module):
                                     kind="layer", value=LOGITS, logits_layer=Arg(FeatureModel, "logits_layer"))
             name = self.logits_layer
         if name not in modules:
-            raise unknown("layer", name, modules, hint="Layers are paths in {net}.named_modules()", net=Setting("net"))
+            raise unknown("layer", name, modules, hint="Layers are paths in {net}.named_modules()", net=Setting.NET)
         if name in self.folded:
             raise ArgumentError("layer {name!r} has its batch norm {norm!r} folded into it for speed, so it outputs "
                                 "what {norm!r} did; read {norm!r} for those values, or set {unfolded} to read the "
                                 "convolution alone", kind="layer", value=name, closest=[self.folded[name]], name=name,
-                                norm=self.folded[name], unfolded=Setting(UNFOLDED))
+                                norm=self.folded[name], unfolded=Setting.UNFOLDED)
         return modules[name]
 
     @contextlib.contextmanager

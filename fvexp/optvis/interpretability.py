@@ -36,8 +36,8 @@ import torch
 from torch import Tensor
 from torch.nn import functional as F
 
-from fvexp.errors import Arg, ArgumentError
-from fvexp.optvis.data import FOLDER, open_image
+from fvexp.errors import Arg, ArgumentError, Setting
+from fvexp.optvis.data import open_image
 from fvexp.optvis.examples import Activations, crop_box, ranking, scores
 from fvexp.optvis.features import FeatureModel
 from fvexp.optvis.objectives import Unit
@@ -195,7 +195,7 @@ class Trial:
             raise ArgumentError(f"the interpretability score needs at least {3 * k + 2 * MIN_QUERIES} readable "
                                 f"images in {{folder}} (3 × {{references}}={k} + 2 × {MIN_QUERIES} queries), and "
                                 f"there are {len(order)}; use a larger folder or lower {{references}}", kind="images",
-                                value=len(order), allowed=f"at least {3 * k + 2 * MIN_QUERIES}", folder=FOLDER,
+                                value=len(order), allowed=f"at least {3 * k + 2 * MIN_QUERIES}", folder=Setting.FOLDER,
                                 references=Arg(Measures, "references"))
         middle = order[k + q : len(order) - q]
         rng = np.random.default_rng(seed)

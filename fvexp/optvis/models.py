@@ -134,7 +134,7 @@ def torchvision_model(
 
     Weights come from `weights_path` (a state dict), else from torch's hub cache by the name of a
     torchvision weights entry (`DEFAULT`, `IMAGENET1K_V1`, ...), downloaded only where the network
-    allows. `weights=null` asks for random weights explicitly; they are never used silently.
+    allows. `weights=None` asks for random weights explicitly; they are never used silently.
     `input_size` None: the network's own `image_size` where it has one (a ViT's), else any size
     (`own_input_size`).
     """
@@ -171,8 +171,8 @@ def custom(net: nn.Module, weights_path: str | None = None, mean: Sequence[float
     """
     if not isinstance(net, nn.Module):
         raise ArgumentError("{head} a {what}, not a torch.nn.Module; {fix}", kind="net", value=type(net).__name__,
-                            allowed="a torch.nn.Module", what=type(net).__name__, head=Setting("net is"),
-                            fix=Setting("give the network itself"))
+                            allowed="a torch.nn.Module", what=type(net).__name__, head=Setting.NET_IS,
+                            fix=Setting.GIVE_NETWORK)
     if weights_path:
         load_weights(net, weights_path, type(net).__name__, custom)
     return FeatureModel(net, mean, std, class_names(classes) if classes else (), logits_layer, min_size, weights_path,

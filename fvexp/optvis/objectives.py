@@ -32,11 +32,6 @@ from fvexp.ranges import SIDE, above, ranges
 Shapes = Mapping[str, torch.Size]
 Prepare = Callable[["FeatureModel", Shapes], None]
 INPUT = "input"  # not a layer: the batch of images itself, before the transforms
-CLASSES = "classes='imagenet' or a text file with one name per line"  # where class names come from
-EXAMPLE = "channel(layer='_blocks.8', channel=5)"  # an objective, for messages
-TERM = "{'weight': number, 'objective': Objective}"  # one of `combine`'s terms
-TERM_WITH_EXAMPLE = f"{{'weight': number, 'objective': an Objective such as {EXAMPLE}}}"
-AN_OBJECTIVE = f"an Objective, e.g. {EXAMPLE}"
 
 
 @dataclass(frozen=True)
@@ -127,12 +122,12 @@ MAPS, VECTORS, SEQUENCES = "maps", "vectors", "sequences"  # (B, C, H, W), (B, C
 KIND_OF_RANK = {4: MAPS, 2: VECTORS, 3: SEQUENCES}
 KIND_NAMES = {MAPS: "(batch, channels, h, w) feature maps", VECTORS: "(batch, features) vectors",
               SEQUENCES: "(batch, tokens, channels) sequences"}
-# Which kinds of output each objective (by its objective=... name) and batch term reads.
+# Which kinds of output each objective (by its function's name) and batch term reads.
 ACCEPTS: dict[str, tuple[str, ...]] = {
     "channel": (MAPS,), "neuron": (MAPS,), "class_logit": (VECTORS,), "class_prob": (VECTORS,),
     "class_logsumexp": (VECTORS,), "layer": (MAPS, VECTORS, SEQUENCES), "direction": (MAPS, VECTORS),
-    "random_direction": (MAPS, VECTORS), "style": (MAPS,), "inversion": (MAPS, VECTORS, SEQUENCES),
-    "diversity": (MAPS,), "alignment": (MAPS, VECTORS, SEQUENCES),
+    "direction_neuron": (MAPS,), "random_direction": (MAPS, VECTORS), "style": (MAPS,),
+    "inversion": (MAPS, VECTORS, SEQUENCES), "diversity": (MAPS,), "alignment": (MAPS, VECTORS, SEQUENCES),
 }
 
 
@@ -230,24 +225,38 @@ def neuron(layer: str, channel: int, x: int | None = None, y: int | None = None)
     """One unit at one spatial position (the centre unless `x`, `y` are given)."""
 
     def value(acts: Mapping[str, Tensor]) -> Tensor:
-        act = acts[layer]
-        h, w = act.shape[-2:]
-        return act[:, channel, h // 2 if y is None else y, w // 2 if x is None else x]
+        return _at(acts[layer], x, y)[:, channel]
 
-    def check_position(model: FeatureModel, shapes: Shapes) -> None:
+    name = f"neuron {layer}:{channel}@{_where(x, y)}"
+    return Objective(value, frozenset({layer}), name,
+                     (_check_kind(layer, "neuron", channel), _check_channel(layer, channel, "neuron"),
+                      _check_position(layer, x, y, neuron)),
+                     Unit(layer, channel, (y, x)))
+
+
+def _at(act: Tensor, x: int | None, y: int | None) -> Tensor:
+    """(B, C): the map's vectors at one position, the centre unless `x`, `y` are given."""
+    h, w = act.shape[-2:]
+    return act[:, :, h // 2 if y is None else y, w // 2 if x is None else x]
+
+
+def _where(x: int | None, y: int | None) -> str:
+    return "centre" if x is None and y is None else f"x={x},y={y}"
+
+
+def _check_position(layer: str, x: int | None, y: int | None, piece: Callable[..., Any]) -> Prepare:
+    """A preparation that rejects a position outside the layer's map at the smallest image the run sees."""
+
+    def check(model: FeatureModel, shapes: Shapes) -> None:
         h, w = shapes[layer][-2:]
         if (x is not None and not 0 <= x < w) or (y is not None and not 0 <= y < h):
             raise ArgumentError(
                 f"position x={x}, y={y} is outside layer {{layer}}, whose map is {h}x{w} at this image "
                 f"size; use {{x}} in 0..{w - 1} and {{y}} in 0..{h - 1}, or a larger {{size}}", kind="position",
                 value=(x, y), allowed=f"x in 0..{w - 1}, y in 0..{h - 1}", layer=repr(layer),
-                x=Arg(neuron, "x"), y=Arg(neuron, "y"), size=Setting("image size"))
+                x=Arg(piece, "x"), y=Arg(piece, "y"), size=Setting.IMAGE_SIZE)
 
-    where = "centre" if x is None and y is None else f"x={x},y={y}"
-    name = f"neuron {layer}:{channel}@{where}"
-    return Objective(value, frozenset({layer}), name,
-                     (_check_kind(layer, "neuron", channel), _check_channel(layer, channel, "neuron"), check_position),
-                     Unit(layer, channel, (y, x)))
+    return check
 
 
 def channel(layer: str, channel: int, tokens: Literal["patches", "cls", "all"] = "patches") -> Objective:
@@ -312,7 +321,7 @@ def class_index(label: int | str, classes: str | Sequence[str]) -> int:
         return index
     if not names:
         raise ArgumentError(f"class label {label!r} needs the model's class names ({{classes}}); or give the class "
-                            "index", kind="label", value=label, classes=Setting(CLASSES))
+                            "index", kind="label", value=label, classes=Setting.CLASS_SOURCES)
     lowered = [name.lower() for name in names]
     if label.lower() in lowered:
         return lowered.index(label.lower())
@@ -345,17 +354,43 @@ def _dot_cossim(acts: Tensor, vector: Tensor, cossim_pow: float) -> Tensor:
 def direction(layer: str, vector: list[float], cossim_pow: float = 0.0) -> Objective:
     """A direction in a layer's activation space: a mix of channels, favouring alignment by cos^p."""
     weights = [torch.tensor(vector, dtype=torch.float32)]
+    return Objective(lambda acts: _dot_cossim(acts[layer], weights[0].to(acts[layer].device), cossim_pow),
+                     frozenset({layer}), f"direction {layer}",
+                     (_check_kind(layer, "direction"), _check_vector(layer, weights, direction)))
+
+
+def direction_neuron(layer: str, vector: list[float], cossim_pow: float = 0.0, x: int | None = None,
+                     y: int | None = None) -> Objective:
+    """A direction at one position of a feature map (the centre unless `x`, `y` are given), dot · cos^p there.
+
+    Lucid's `direction_neuron_cossim_S`, with which its activation atlas rendered its icons. Why one
+    position: a direction asked of every position must be tiled over the whole image, and the weak
+    directions of flat regions (sky, plain walls, dark backgrounds) then tile into the layer's average
+    high-frequency texture; asked of the centre, the image around it is free to hold the structure
+    that leads there.
+    """
+    weights = [torch.tensor(vector, dtype=torch.float32)]
+
+    def value(acts: Mapping[str, Tensor]) -> Tensor:
+        return _dot_cossim(_at(acts[layer], x, y)[..., None], weights[0].to(acts[layer].device), cossim_pow)
+
+    return Objective(value, frozenset({layer}), f"direction {layer}@{_where(x, y)}",
+                     (_check_kind(layer, "direction_neuron"), _check_vector(layer, weights, direction_neuron),
+                      _check_position(layer, x, y, direction_neuron)))
+
+
+def _check_vector(layer: str, weights: list[Tensor], piece: Callable[..., Any]) -> Prepare:
+    """A preparation that rejects a vector without one weight per channel, then moves it to the model's device."""
 
     def check(model: FeatureModel, shapes: Shapes) -> None:
         if len(weights[0]) != shapes[layer][1]:
             raise ArgumentError(f"{{vector}} has {len(weights[0])} values but layer {{layer!r}} has "
                                 f"{shapes[layer][1]} channels; give one weight per channel", kind="vector", layer=layer,
                                 value=len(weights[0]), allowed=f"{shapes[layer][1]} values",
-                                vector=Arg(direction, "vector"))
+                                vector=Arg(piece, "vector"))
         weights[0] = weights[0].to(model.device)  # once: a copy per step would stall a GPU's queue
 
-    return Objective(lambda acts: _dot_cossim(acts[layer], weights[0].to(acts[layer].device), cossim_pow),
-                     frozenset({layer}), f"direction {layer}", (_check_kind(layer, "direction"), check))
+    return check
 
 
 def random_direction(layer: str, seed: int = 0, cossim_pow: float = 0.0) -> Objective:
@@ -376,15 +411,15 @@ def combine(terms: list[Mapping[str, Any]]) -> Objective:
     named = Arg(combine, "terms")
     if not terms:
         raise ArgumentError("{terms} is empty; give a list of {term}", kind="terms", value=terms, terms=named,
-                            term=Setting(TERM))
+                            term=Setting.TERM)
     for i, term in enumerate(terms):
         if not isinstance(term, Mapping) or term.get("objective") is None:
             raise ArgumentError(f"{{terms}}[{i}] has no objective; each term is {{term}}", kind="terms", value=term,
-                                terms=named, term=Setting(TERM_WITH_EXAMPLE))
+                                terms=named, term=Setting.TERM_WITH_EXAMPLE)
         if not isinstance(term["objective"], Objective):
             raise ArgumentError(f"{{terms}}[{i}].objective={{given!r}} is not an objective; give {{one}}",
                                 kind="objective", value=term["objective"], terms=named, given=term["objective"],
-                                one=Setting(AN_OBJECTIVE))
+                                one=Setting.AN_OBJECTIVE)
     return sum(_weight(term.get("weight", 1.0)) * term["objective"] for term in terms)
 
 
@@ -395,7 +430,7 @@ def interpolate(a: Objective, b: Objective) -> Objective:
             raise ArgumentError("{given} is not an objective; {piece} needs two, {a} and {b}, e.g. {key}={example}",
                                 kind="objective", value=end, given=Arg(interpolate, key, end, quoted=True),
                                 piece=Arg(interpolate), a=Arg(interpolate, "a"), b=Arg(interpolate, "b"),
-                                key=Arg(interpolate, key), example=Setting(EXAMPLE))
+                                key=Arg(interpolate, key), example=Setting.EXAMPLE)
 
     def value(acts: Mapping[str, Tensor]) -> Tensor:
         va, vb = a(acts), b(acts)

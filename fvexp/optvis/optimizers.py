@@ -125,7 +125,7 @@ def decorrelate(grad: Tensor, decay_power: float) -> Tensor:
     """Precondition an image gradient (B, 3, H, W) by S·Sᵀ, S being the Fourier-and-colour whitening.
 
     Descending along S·Sᵀ·g in pixel space is descending along Sᵀ·g in the decorrelated space that
-    `param=fourier` optimizes in, so this is that parameterization's step without changing the basis.
+    `Fourier` optimizes in, so this is that parameterization's step without changing the basis.
     """
     if grad.dim() != 4 or grad.shape[1] != 3 or grad.shape[-1] != grad.shape[-2]:
         raise ArgumentError("{metric} needs a square RGB image parameter: use {pixel}", kind="metric",

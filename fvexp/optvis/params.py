@@ -18,8 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from fvexp.errors import Arg, ArgumentError
-from fvexp.optvis.priors import TRAIN_HINT
+from fvexp.errors import Arg, ArgumentError, Setting
 from fvexp.optvis.priors import load as load_prior
 from fvexp.ranges import Range, at_least, ranges
 
@@ -111,7 +110,7 @@ class Fourier(Param):
 
 
 @ranges(factor=at_least(1, "a downscaling factor of at least 1 (1: full resolution)"),
-        frames=at_least(1, "at least 1 frame, or null for one per image"))
+        frames=at_least(1, "at least 1 frame (unset: one per image)"))
 class LowRes(Param):
     """A coarse tensor of `frames` × (size / factor)² values, upsampled to the batch and the image.
 
@@ -244,8 +243,8 @@ class PriorLatent(Param):
 
     def __init__(self, batch: int, size: int, path: str | None = None, sd: float = 0.01, channels: int = 3) -> None:
         if path is None:
-            raise ArgumentError(f"{{piece}} needs {{path}}=PRIOR_FILE; {TRAIN_HINT}", kind="file", value=None,
-                                piece=Arg(PriorLatent), path=Arg(PriorLatent, "path"))
+            raise ArgumentError("{piece} needs {path}=PRIOR_FILE; {hint}", kind="file", value=None,
+                                piece=Arg(PriorLatent), path=Arg(PriorLatent, "path"), hint=Setting.TRAIN_PRIOR)
         super().__init__(decorrelate=False)
         self.prior = load_prior(path, Arg(PriorLatent, "path"), channels, size)
         side = size // self.prior.stride

@@ -30,7 +30,6 @@ FORMAT = "fvexp-prior"
 VERSION = 2  # the format this fvexp writes
 READABLE = (1, 2)  # the formats it reads: version 1 drew with nearest-neighbour upsampling
 ZIP = b"PK\x03\x04"  # how a file torch.save writes begins
-TRAIN_HINT = "train one with `fvexp task=train_prior data.dir=FOLDER` (it prints the file's path last)"
 
 
 class Autoencoder(nn.Module):
@@ -206,13 +205,13 @@ def check(net: Autoencoder, path: str | Path, key: str | Arg, channels: int | No
     if size is not None and size != net.size:
         raise _refused(key, path, "the prior {path!r} was trained on images of {trained} px and the run's images are "
                        "{size} px; use {render}={trained}, or train a prior with {data}={size}", trained=net.size,
-                       size=size, render=Setting("image size"), data=Setting("training image size"))
+                       size=size, render=Setting.IMAGE_SIZE, data=Setting.TRAINING_SIZE)
 
 
 def _refused(key: str | Arg, path: str | Path, template: str, **parts: Any) -> ArgumentError:
     """A prior file refused, after `key`, the argument or config key that named it."""
     return ArgumentError("{key}: " + template, kind="prior file", value=str(path), key=key, path=str(path),
-                         hint=TRAIN_HINT, **parts)
+                         hint=Setting.TRAIN_PRIOR, **parts)
 
 
 def denoising_psnr(net: nn.Module, images: Tensor, noise: float, seed: int = 0) -> float:

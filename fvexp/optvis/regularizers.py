@@ -21,7 +21,6 @@ from fvexp.optvis.features import FeatureModel
 from fvexp.optvis.images import load
 from fvexp.optvis.objectives import INPUT, Objective, Shapes, inversion
 from fvexp.optvis.params import gaussian_blur
-from fvexp.optvis.priors import TRAIN_HINT
 from fvexp.optvis.priors import check as check_prior
 from fvexp.optvis.priors import load as load_prior
 from fvexp.ranges import above, at_least, ranges
@@ -92,8 +91,8 @@ def prior(path: str | None = None) -> Objective:
     away from what the denoiser, trained on your images, would remove: noise and unnatural texture.
     """
     if path is None:
-        raise ArgumentError(f"{{path}}=PRIOR_FILE is needed with {{weight}}; {TRAIN_HINT}", kind="file", value=None,
-                            path=Arg(prior, "path"), weight=Setting("a weight on the prior term"))
+        raise ArgumentError("{path}=PRIOR_FILE is needed with {weight}; {hint}", kind="file", value=None,
+                            path=Arg(prior, "path"), weight=Setting.PRIOR_WEIGHT, hint=Setting.TRAIN_PRIOR)
     key = Arg(prior, "path")
     net = load_prior(path, key)
 
@@ -115,13 +114,13 @@ def feature_stats(images: Sequence[str] = (), layers: Sequence[str] = (), size: 
 
     Per channel, the visualization's values over all positions, sorted, are pulled towards the mean
     sorted values of the reference images at `layers`: the distribution of a natural image's
-    response, not only its strongest value. With `data.dir` fvexp fills in the unit's top examples
-    and its layer. Each layer's distance is divided by the reference's mean square.
+    response, not only its strongest value. The application fills in the unit's top dataset examples
+    and its layer when it has an image folder. Each layer's distance is divided by the reference's mean square.
     """
     if not images or not layers:
         raise ArgumentError("{piece} needs reference images and layers: set {data} (the unit's top examples there "
                             "and the unit's layer are used), or {images}=[...] and {layers}=[...]", kind="images",
-                            value=list(images), piece=Arg(feature_stats), data=Setting("a folder of dataset examples"),
+                            value=list(images), piece=Arg(feature_stats), data=Setting.EXAMPLES_FOLDER,
                             images=Arg(feature_stats, "images"), layers=Arg(feature_stats, "layers"))
     reference: dict[str, Tensor] = {}
 
@@ -153,12 +152,12 @@ def path(image: str | None = None, layers: Sequence[str] = (), size: int = 224) 
 
     The sum of each layer's normalized squared distance (an `inversion` of the image per layer), so
     that an accentuated image reaches the unit along the path of the photo it started from. With
-    `param.init=image` fvexp fills in `param.image` and the layers on the way to the unit.
+    a start image the application fills in that image and the layers on the way to the unit.
     """
     if image is None or not layers:
         raise ArgumentError("{piece} needs a start image and layers: set {start} (the layers up to the unit's are "
                             "used), or {image} and .layers", kind="image", value=image, piece=Arg(path),
-                            start=Setting("a start image for the parameterization"), image=Arg(path, "image"))
+                            start=Setting.START_IMAGE, image=Arg(path, "image"))
     load(image, size, key=Arg(path, "image"))  # a bad file fails here, named by its argument
     kept = [inversion(name, image, size) for name in layers]
     return Objective(lambda acts: -sum(term(acts) for term in kept), frozenset().union(*(t.layers for t in kept)),

@@ -38,7 +38,7 @@ class NonFiniteObjective(ArgumentError):
         super().__init__(
             "the objective became {number} at step {step}; stopped and kept the last image whose objective "
             "was finite. Lower {lr}, or check the objective for a division by zero or a log of 0",
-            kind="objective", value=value, number=value, step=step, lr=Setting("the learning rate"))
+            kind="objective", value=value, number=value, step=step, lr=Setting.LEARNING_RATE)
         self.step, self.image, self.values = step, image, values
 
 

@@ -182,10 +182,10 @@ Piece = Pad | Jitter | Scale | Rotate | Affine | Crop | ColorShift | Noise
 
 
 class Compose:
-    """Apply `pieces` in order; none at all is the identity (`transforms=none`).
+    """Apply `pieces` in order; none at all is the identity.
 
-    Configs name the pieces (`pad`, `jitter`, ...) so that an ablation drops one by setting it to
-    null, e.g. `transforms.pieces.rotate=null`. With `fuse` (the default) a `Scale` directly followed
+    `pieces` may be a mapping of names to pieces (`pad`, `jitter`, ...) so that an ablation drops one by
+    setting it to None; the order is the mapping's. With `fuse` (the default) a `Scale` directly followed
     by a `Rotate` becomes one `Affine`: one resampling a step instead of two. `fuse=False` keeps
     them apart, as fvexp did before (the pixels of older runs).
     """

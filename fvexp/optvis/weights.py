@@ -47,7 +47,7 @@ def imagenet_classes() -> tuple[str, ...]:
         if isinstance(node, ast.Assign) and getattr(node.targets[0], "id", "") == "_IMAGENET_CATEGORIES":
             return tuple(ast.literal_eval(node.value))
     raise ArgumentError("no ImageNet class list in {source}; pass {classes}=FILE (one class name per line)",
-                        kind="classes", value="imagenet", source=source, classes=Setting("classes"))
+                        kind="classes", value="imagenet", source=source, classes=Setting.CLASSES)
 
 
 def weights_file(variant: str) -> str:
