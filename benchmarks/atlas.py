@@ -3,6 +3,7 @@
     python benchmarks/atlas.py --steps 128 --size 64 --picture docs/atlas.png
     python benchmarks/atlas.py --steps 128 --size 64 --no-whiten     # the raw directions, as before whitening
     python benchmarks/atlas.py --steps 128 --size 64 --centre        # each direction at the map's centre (Lucid's)
+    python benchmarks/atlas.py --steps 128 --size 64 --prior PRIOR   # with a learned prior's penalty (trained at 64 px)
 
 Builds the demo folder (`fvexp-demo`, 267 photos) in a temporary folder unless --data is given, runs
 `task=atlas` from a fresh atlas folder (nothing resumed) through `fvexp.run`, and prints the
@@ -39,6 +40,9 @@ def main() -> None:
     parser.add_argument("--attempts", type=int, default=1, help="task.attempts: random starts per cell, the best kept")
     parser.add_argument("--centre", action=argparse.BooleanOptionalAction, default=False,
                         help="task.centre: each cell's direction at the map's centre, or at every position (default)")
+    parser.add_argument("--prior", help="a prior file trained at --size (task=train_prior data.size=SIZE): the cells "
+                                        "render with its penalty, regularizers.prior.weight=--prior-weight")
+    parser.add_argument("--prior-weight", type=float, default=3000.0)
     parser.add_argument("--dir", help="the atlas folder (task.dir); one left by an earlier run resumes it, so "
                                       "its finished phases then take no time (default: a fresh one)")
     args = parser.parse_args()
@@ -52,6 +56,8 @@ def main() -> None:
                            f"task.grid={args.grid}", f"task.per_batch={args.per_batch}", f"render.steps={args.steps}",
                            f"render.size={args.size}", f"task.dir={folder}", f"task.whiten={args.whiten}",
                            f"task.attempts={args.attempts}", f"task.centre={args.centre}", "tracking=none",
+                           *([f"regularizers.prior.path={args.prior}", f"regularizers.prior.weight={args.prior_weight}"]
+                             if args.prior else []),
                            f"hydra.run.dir={Path(scratch) / 'run'}")
         total = time.perf_counter() - started
         metrics = result.metrics
@@ -64,7 +70,8 @@ def main() -> None:
               f"whole command {total:.1f} s (with model load and the own-direction check); "
               f"own direction share {metrics['atlas.own_direction_share']:.2f} (at the centre "
               f"{metrics['atlas.own_direction_share_centre']:.2f}), cells' median high-frequency energy "
-              f"{metrics['atlas.high_frequency_energy']:.4f} (whiten={args.whiten}, centre={args.centre})")
+              f"{metrics['atlas.high_frequency_energy']:.4f} (whiten={args.whiten}, centre={args.centre}, "
+              f"prior={args.prior})")
         if args.picture:
             shutil.copyfile(result.path, args.picture)
 
