@@ -17,7 +17,7 @@ from fvexp.errors import FvexpError
 from fvexp.optvis import atlas as lib
 from fvexp.optvis import objectives
 from fvexp.optvis.data import open_image, scan
-from fvexp.optvis.objectives import direction, per_image
+from fvexp.optvis.objectives import direction, direction_neuron, per_image
 from tests.conftest import chromium_page, make
 from tests.conftest import fvexp as run_fvexp
 
@@ -85,6 +85,16 @@ def direction_values(model: fvexp.FeatureModel, images: torch.Tensor, directions
     with torch.no_grad(), model.reading([LAYER]) as read:
         acts = {LAYER: read(images)[LAYER]}
     return torch.stack([direction(LAYER, (d / np.linalg.norm(d)).tolist(), 1.0)(acts) for d in directions], 1)
+
+
+def test_the_own_direction_check_reads_every_position_or_the_centre_as_the_objectives_do(model) -> None:
+    torch.manual_seed(0)
+    images, raw = torch.rand(2, 3, 64, 64), torch.randn(3, 112)
+    with torch.no_grad(), model.reading([LAYER]) as read:
+        acts = {LAYER: read(images)[LAYER]}
+    for centre, piece in ((False, direction), (True, direction_neuron)):
+        expected = torch.stack([piece(LAYER, (d / d.norm()).tolist(), 1.0)(acts) for d in raw], 1)
+        assert torch.allclose(lib.excitation(model, LAYER, images, raw, 1.0, centre=centre), expected, atol=1e-4)
 
 
 def test_whitening_damps_what_every_position_shares_and_keeps_what_sets_a_cell_apart() -> None:

@@ -33,6 +33,7 @@ from tqdm import tqdm
 from fvexp.errors import Arg, ArgumentError, Setting
 from fvexp.optvis.data import batches
 from fvexp.optvis.features import LOGITS, FeatureModel
+from fvexp.optvis.objectives import at_position
 
 
 @dataclass
@@ -241,8 +242,7 @@ def excitation(model: FeatureModel, layer: str, images: Tensor, directions: Tens
             act = read(images[start : start + batch_size].to(model.device))[layer]
             act = act if act.dim() == 4 else act[:, :, None, None]
             if centre:
-                h, w = act.shape[-2:]
-                act = act[:, :, h // 2 : h // 2 + 1, w // 2 : w // 2 + 1]
+                act = at_position(act, None, None)[..., None, None]
             dot = torch.einsum("bchw,nc->bnhw", act, units)
             cos = dot / act.norm(dim=1, keepdim=True).clamp(min=1e-4)
             rows.append((dot * cos.clamp(min=0.1) ** cossim_pow).flatten(2).mean(2).cpu())

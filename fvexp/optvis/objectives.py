@@ -225,7 +225,7 @@ def neuron(layer: str, channel: int, x: int | None = None, y: int | None = None)
     """One unit at one spatial position (the centre unless `x`, `y` are given)."""
 
     def value(acts: Mapping[str, Tensor]) -> Tensor:
-        return _at(acts[layer], x, y)[:, channel]
+        return at_position(acts[layer], x, y)[:, channel]
 
     name = f"neuron {layer}:{channel}@{_where(x, y)}"
     return Objective(value, frozenset({layer}), name,
@@ -234,7 +234,7 @@ def neuron(layer: str, channel: int, x: int | None = None, y: int | None = None)
                      Unit(layer, channel, (y, x)))
 
 
-def _at(act: Tensor, x: int | None, y: int | None) -> Tensor:
+def at_position(act: Tensor, x: int | None, y: int | None) -> Tensor:
     """(B, C): the map's vectors at one position, the centre unless `x`, `y` are given."""
     h, w = act.shape[-2:]
     return act[:, :, h // 2 if y is None else y, w // 2 if x is None else x]
@@ -372,7 +372,7 @@ def direction_neuron(layer: str, vector: list[float], cossim_pow: float = 0.0, x
     weights = [torch.tensor(vector, dtype=torch.float32)]
 
     def value(acts: Mapping[str, Tensor]) -> Tensor:
-        return _dot_cossim(_at(acts[layer], x, y)[..., None], weights[0].to(acts[layer].device), cossim_pow)
+        return _dot_cossim(at_position(acts[layer], x, y)[..., None], weights[0].to(acts[layer].device), cossim_pow)
 
     return Objective(value, frozenset({layer}), f"direction {layer}@{_where(x, y)}",
                      (_check_kind(layer, "direction_neuron"), _check_vector(layer, weights, direction_neuron),
