@@ -4,6 +4,7 @@
     python benchmarks/atlas.py --steps 128 --size 64 --no-whiten     # the raw directions, as before whitening
     python benchmarks/atlas.py --steps 128 --size 64 --centre        # each direction at the map's centre (Lucid's)
     python benchmarks/atlas.py --steps 128 --size 64 --prior PRIOR   # with a learned prior's penalty (trained at 64 px)
+    python benchmarks/atlas.py --steps 128 --size 64 optimizer=adam  # any further override: here Adam per coefficient
 
 Builds the demo folder (`fvexp-demo`, 267 photos) in a temporary folder unless --data is given, runs
 `task=atlas` from a fresh atlas folder (nothing resumed) through `fvexp.run`, and prints the
@@ -43,6 +44,7 @@ def main() -> None:
     parser.add_argument("--prior", help="a prior file trained at --size (task=train_prior data.size=SIZE): the cells "
                                         "render with its penalty, regularizers.prior.weight=--prior-weight")
     parser.add_argument("--prior-weight", type=float, default=3000.0)
+    parser.add_argument("overrides", nargs="*", help="further overrides of the run, e.g. optimizer=sgd")
     parser.add_argument("--dir", help="the atlas folder (task.dir); one left by an earlier run resumes it, so "
                                       "its finished phases then take no time (default: a fresh one)")
     args = parser.parse_args()
@@ -58,7 +60,7 @@ def main() -> None:
                            f"task.attempts={args.attempts}", f"task.centre={args.centre}", "tracking=none",
                            *([f"regularizers.prior.path={args.prior}", f"regularizers.prior.weight={args.prior_weight}"]
                              if args.prior else []),
-                           f"hydra.run.dir={Path(scratch) / 'run'}")
+                           *args.overrides, f"hydra.run.dir={Path(scratch) / 'run'}")
         total = time.perf_counter() - started
         metrics = result.metrics
         print(f"{args.grid}×{args.grid} atlas of {args.layer}, {metrics['atlas.vectors']:.0f} vectors from "
@@ -71,7 +73,7 @@ def main() -> None:
               f"own direction share {metrics['atlas.own_direction_share']:.2f} (at the centre "
               f"{metrics['atlas.own_direction_share_centre']:.2f}), cells' median high-frequency energy "
               f"{metrics['atlas.high_frequency_energy']:.4f} (whiten={args.whiten}, centre={args.centre}, "
-              f"prior={args.prior})")
+              f"prior={args.prior}{''.join(' ' + o for o in args.overrides)})")
         if args.picture:
             shutil.copyfile(result.path, args.picture)
 

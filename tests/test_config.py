@@ -72,7 +72,13 @@ def test_every_option_composes_and_instantiates(group: str, option: str, referen
     if group == "optimizer":
         import torch
 
-        assert isinstance(built([torch.nn.Parameter(torch.zeros(1))]), torch.optim.Optimizer)
+        from fvexp.optvis.optimizers import create
+
+        param = torch.nn.Parameter(torch.zeros(2, 3, 4, 4))
+        stepper = create(built, [param])  # as the loop makes it: a torch.optim optimizer or fvexp's Adam
+        param.grad = torch.ones_like(param)
+        stepper.step()
+        assert (param < 0).all()  # one step down the gradient
     else:
         assert built is not None
 

@@ -164,6 +164,27 @@ def test_the_plain_adam_is_torchs_bit_for_bit_and_skips_torch_optim(weight_decay
     assert isinstance(create(lambda params: torch.optim.SGD(params, lr=1.0), [ours]), torch.optim.SGD)
 
 
+def test_adam_per_image_moves_each_image_alike_and_keeps_its_gradients_shape() -> None:
+    """One second moment per image: a tiny coefficient moves a tiny step, a loud image no further than a quiet one."""
+    from fvexp.optvis.optimizers import Adam
+
+    grad = torch.tensor([1.0, 0.01, -0.5, 0.0]).view(1, 1, 2, 2)
+    grad = torch.cat([grad, grad * 1000])  # the same gradient, 1000 times louder in the second image
+    moved = {}
+    for per_image in (False, True):
+        param = torch.nn.Parameter(torch.zeros(2, 1, 2, 2))
+        optimizer = Adam([param], lr=0.05, per_image=per_image)
+        for _ in range(3):
+            param.grad = grad.clone()
+            optimizer.step()
+        moved[per_image] = -param.detach()
+    assert torch.allclose(moved[False][0].flatten()[:3].abs(), torch.full((3,), 0.15))  # every coefficient alike
+    step = moved[True][0].flatten()
+    assert torch.allclose(step / step[0], grad[0].flatten(), atol=1e-6)  # per image: the gradient's own shape
+    assert torch.allclose(moved[True][0], moved[True][1], rtol=1e-5)  # and its scale does not matter
+    assert optimizer.moments[0][1].shape == (2, 1, 1, 1)
+
+
 STEPS_EACH_ADAM = """
 import sys, torch
 from fvexp.optvis.optimizers import Adam
@@ -178,8 +199,8 @@ for make in (Adam, torch.optim.Adam):
 
 @pytest.mark.slow  # a Python process that imports torch and torch._dynamo (3 s)
 def test_fvexps_adam_still_saves_importing_torch_dynamo() -> None:
-    """fvexp keeps its own Adam only while torch.optim imports torch._dynamo (1.3 s; docs/performance.md):
-    this fails when torch stops doing so, and the copy can go."""
+    """fvexp runs torch.optim.Adam's configs with its own Adam while torch.optim imports torch._dynamo (1.3 s;
+    docs/performance.md): this fails when torch stops doing so, and only `per_image` then needs the class."""
     done = subprocess.run([sys.executable, "-c", STEPS_EACH_ADAM], capture_output=True, text=True, check=True,
                           env={**os.environ, "PYTHONPATH": str(ROOT)})
     assert done.stdout.splitlines() == ["fvexp.optvis.optimizers False", "torch.optim.adam True"]

@@ -39,14 +39,22 @@ class Adam:
     Creating or stepping any torch.optim optimizer imports torch._dynamo, which takes 1.6 s on two
     idle cores (several seconds on busy ones) before the first step: most of a short run's start-up.
     The loop needs only `zero_grad` and `step`, so fvexp runs Adam, its default, with these.
+
+    `per_image=True` keeps one second moment per image (per index of a parameter's first dimension,
+    the batch in every parameterization) rather than one per coefficient. Per coefficient, a
+    coefficient whose gradient is tiny moves as far as one whose gradient is large; where a weak
+    direction's remaining gradient is small and high-frequency (an atlas's flat-region cells), that
+    grows fine mottle. Per image, each image still moves at `lr` whatever its objective's scale, and
+    its step keeps the gradient's spectrum (`optimizer=adam_image`, the atlas's default).
     """
 
     def __init__(self, params: Iterable[Tensor], lr: float = 0.05, betas: tuple[float, float] = (0.9, 0.999),
-                 eps: float = 1e-8, weight_decay: float = 0.0) -> None:
+                 eps: float = 1e-8, weight_decay: float = 0.0, per_image: bool = False) -> None:
         self.params = list(params)
         self.lr, (self.beta1, self.beta2), self.eps, self.weight_decay = lr, betas, eps, weight_decay
+        self.per_image = per_image
         self.steps = [0] * len(self.params)
-        self.moments = [(torch.zeros_like(p), torch.zeros_like(p)) for p in self.params]
+        self.moments = [(torch.zeros_like(p), torch.zeros_like(image_mean(p) if per_image else p)) for p in self.params]
 
     def zero_grad(self, set_to_none: bool = True) -> None:
         for p in self.params:
@@ -63,10 +71,18 @@ class Adam:
             self.steps[i] += 1
             grad = p.grad if self.weight_decay == 0 else p.grad.add(p, alpha=self.weight_decay)
             exp_avg.lerp_(grad, 1 - self.beta1)
-            exp_avg_sq.mul_(self.beta2).addcmul_(grad, grad, value=1 - self.beta2)
+            if self.per_image:
+                exp_avg_sq.mul_(self.beta2).add_(image_mean(grad * grad), alpha=1 - self.beta2)
+            else:
+                exp_avg_sq.mul_(self.beta2).addcmul_(grad, grad, value=1 - self.beta2)
             step_size = self.lr / (1 - self.beta1 ** self.steps[i])
             denom = (exp_avg_sq.sqrt() / (1 - self.beta2 ** self.steps[i]) ** 0.5).add_(self.eps)
             p.addcdiv_(exp_avg, denom, value=-step_size)
+
+
+def image_mean(x: Tensor) -> Tensor:
+    """The mean over all dimensions but the first, kept as size-1 dimensions: one value per image."""
+    return x.mean(tuple(range(1, x.dim())), keepdim=True) if x.dim() > 1 else x
 
 
 def create(factory: OptimizerFactory, params: list[torch.nn.Parameter]) -> Stepper:
