@@ -47,7 +47,7 @@ def main() -> None:
     parser.add_argument("overrides", nargs="*", help="further overrides of the run, e.g. optimizer=sgd")
     parser.add_argument("--dir", help="the atlas folder (task.dir); one left by an earlier run resumes it, so "
                                       "its finished phases then take no time (default: a fresh one)")
-    args = parser.parse_args()
+    args = parser.parse_intermixed_args()  # overrides may come before or after the options
     with tempfile.TemporaryDirectory(prefix="fvexp-atlas-") as scratch:
         data = args.data or str(Path(scratch) / "demo")
         if not args.data:

@@ -54,8 +54,11 @@ def test_the_sample_not_the_folder_bounds_what_is_read() -> None:
 def test_the_atlas_task_composes_and_checks_its_settings() -> None:
     cfg = make("task=atlas", f"objective.layer={LAYER}")
     assert cfg.task.grid == 20 and cfg.task.class_filter is None
-    assert cfg.optimizer.per_image and make().optimizer._target_ == "torch.optim.Adam"  # the atlas's own optimizer
-    assert make("task=atlas", "optimizer=adam").optimizer._target_ == "torch.optim.Adam"  # unless one is asked for
+    atlas_optimizer = cfg.optimizer  # the atlas's own optimizer, unless one is asked for
+    assert (atlas_optimizer._target_, atlas_optimizer.lr, atlas_optimizer.per_image) == (
+        "fvexp.optvis.optimizers.Adam", 0.02, True) and make().optimizer._target_ == "torch.optim.Adam"
+    assert make("task=atlas", "optimizer=adam").optimizer._target_ == "torch.optim.Adam"
+    assert make("task=atlas", "ablation=descent_l2").optimizer.metric == "l2"  # an ablation's optimizer wins too
     with pytest.raises(FvexpError, match=r"data.dir=None is not allowed: data.dir must be an image folder"):
         validate(cfg)  # the task's own check, run before any model is loaded
     with pytest.raises(FvexpError, match=r"task.grid=0 is not allowed"):

@@ -6,10 +6,12 @@ import copy
 import os
 import subprocess
 import sys
+from functools import partial
 
 import pytest
 import torch
 
+from fvexp.errors import ArgumentError
 from fvexp.optvis import objectives
 from fvexp.optvis.objectives import Objective
 from fvexp.optvis.params import Fourier
@@ -183,6 +185,41 @@ def test_adam_per_image_moves_each_image_alike_and_keeps_its_gradients_shape() -
     assert torch.allclose(step / step[0], grad[0].flatten(), atol=1e-6)  # per image: the gradient's own shape
     assert torch.allclose(moved[True][0], moved[True][1], rtol=1e-5)  # and its scale does not matter
     assert optimizer.moments[0][1].shape == (2, 1, 1, 1)
+
+
+def test_adam_per_image_is_adams_formula_with_the_images_mean_square() -> None:
+    from fvexp.optvis.optimizers import Adam
+
+    torch.manual_seed(0)
+    param, bias = torch.nn.Parameter(torch.randn(3, 2, 4, 4)), torch.nn.Parameter(torch.randn(5))
+    plain_bias = torch.nn.Parameter(bias.detach().clone())
+    ours, plain = Adam([param, bias], lr=0.02, weight_decay=0.1, per_image=True), Adam([plain_bias], lr=0.02,
+                                                                                      weight_decay=0.1)
+    x, m, v = param.detach().clone(), torch.zeros_like(param), torch.zeros(3, 1, 1, 1)
+    for t in range(1, 6):
+        grad, bias_grad = torch.randn_like(param) * t, torch.randn(5)
+        param.grad, bias.grad, plain_bias.grad = grad, bias_grad, bias_grad.clone()
+        ours.step()
+        plain.step()
+        g = grad + 0.1 * x
+        m = 0.9 * m + 0.1 * g
+        v = 0.999 * v + 0.001 * g.pow(2).mean((1, 2, 3), keepdim=True)
+        x = x - 0.02 / (1 - 0.9**t) * m / ((v / (1 - 0.999**t)).sqrt() + 1e-8)
+    assert torch.allclose(param, x, atol=1e-6)
+    assert torch.equal(bias, plain_bias)  # a 1-d tensor holds no images: per coefficient, as plain Adam
+
+
+def test_adam_per_image_refuses_what_it_cannot_step_as_one_line() -> None:
+    from fvexp.optvis.optimizers import Adam, check_images_first
+    from fvexp.optvis.params import LowRes
+
+    with pytest.raises(ArgumentError, match=r"^Adam steps real parameters only; a complex one goes to torch.optim"):
+        Adam([torch.nn.Parameter(torch.zeros(2, dtype=torch.complex64))], per_image=True)
+    shared = LowRes(4, 32)
+    with pytest.raises(ArgumentError, match=r"Adam\(per_image=True\) needs .*; LowRes shares .*: use Fourier, Pixel or "
+                                            r"Adam\(per_image=False\)$"):
+        render(None, None, shared, None, partial(Adam, per_image=True), 1, 0)  # refused before anything runs
+    check_images_first(False, LowRes)  # per coefficient, any parameterization
 
 
 STEPS_EACH_ADAM = """

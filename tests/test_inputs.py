@@ -213,6 +213,14 @@ def test_the_pieces_refuse_what_the_command_line_refuses_for_the_same_reason(ove
     assert line.startswith(f"{key}=") and line.endswith(f"{key} must be {python.partition(' must be ')[2]}")
 
 
+def test_adam_per_image_with_a_shared_parameterization_is_refused_before_a_model_loads() -> None:
+    assert message(validate, make("task=atlas", "data.dir=photos", "param=lowres")) == (
+        "optimizer.per_image=True needs a parameterization with the images along each tensor's first dimension; "
+        "param=lowres shares or folds its values across them: use param=fourier, param=pixel or "
+        "optimizer.per_image=False")
+    validate(make("task=atlas", "data.dir=photos", "param=lowres", "optimizer=adam"))
+
+
 def test_the_ranges_accept_the_defaults_and_their_edges() -> None:
     for overrides in ("", "threads=1", "optimizer=sgd optimizer.momentum=0", "optimizer.betas=[0,0.5]",
                       "param=lowres param.factor=1", "param=laplacian param.levels=1", "render.size=4096"):

@@ -28,10 +28,10 @@ from hydra.core.global_hydra import GlobalHydra
 from hydra.utils import get_object
 from omegaconf import DictConfig, OmegaConf
 
-from fvexp.app.keys import check_ranges
+from fvexp.app.keys import check_ranges, said
 from fvexp.app.places import config_dir
 from fvexp.app.signatures import schema
-from fvexp.errors import FvexpError, unknown
+from fvexp.errors import ArgumentError, FvexpError, unknown
 from fvexp.ranges import SIDE
 
 
@@ -287,6 +287,7 @@ def validate(cfg: DictConfig) -> None:
     if task_check is not None:
         task_check(cfg)
     _validate_optimizer(cfg.optimizer)
+    _validate_images_first(cfg)
     _validate_measures(cfg.measure)
     for term in ("diversity", "alignment"):
         if cfg[term].weight:
@@ -309,6 +310,16 @@ def require(ok: bool, key: str, value: object, allowed: str) -> None:
     """A setting out of its range, as the one line every check says: the key, its value and what is allowed."""
     if not ok:
         raise FvexpError(f"{key}={value} is not allowed: {key} must be {allowed}")
+
+
+def _validate_images_first(cfg: DictConfig) -> None:
+    """Adam per image with a parameterization that shares its values across the images: the library's refusal,
+    in the config's keys, before a model is loaded (the pieces' modules are imported, as for their ranges)."""
+    if cfg.optimizer.get("per_image"):
+        try:
+            get_object("fvexp.optvis.optimizers.check_images_first")(True, get_object(cfg.param._target_))
+        except ArgumentError as error:
+            raise said(error, cfg) from None
 
 
 def _validate_optimizer(optimizer: DictConfig) -> None:

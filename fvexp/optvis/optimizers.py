@@ -16,7 +16,7 @@ import torch
 from torch import Tensor
 
 from fvexp.errors import Arg, ArgumentError
-from fvexp.optvis.params import Pixel, color_correlation, spectrum_scale
+from fvexp.optvis.params import Fourier, Pixel, color_correlation, spectrum_scale
 
 METRICS = ("l2", "linf", "decorrelated")
 PLAIN_ADAM_KEYWORDS = frozenset({"lr", "betas", "eps", "weight_decay"})
@@ -40,8 +40,9 @@ class Adam:
     idle cores (several seconds on busy ones) before the first step: most of a short run's start-up.
     The loop needs only `zero_grad` and `step`, so fvexp runs Adam, its default, with these.
 
-    `per_image=True` keeps one second moment per image (per index of a parameter's first dimension,
-    the batch in every parameterization) rather than one per coefficient. Per coefficient, a
+    `per_image=True` keeps one second moment per image (per index of a tensor's first dimension, so
+    for parameterizations with `images_first`; `render` refuses the others) rather than one per
+    coefficient; vectors and scalars keep theirs per coefficient. Per coefficient, a
     coefficient whose gradient is tiny moves as far as one whose gradient is large; where a weak
     direction's remaining gradient is small and high-frequency (an atlas's flat-region cells), that
     grows fine mottle. Per image, each image still moves at `lr` whatever its objective's scale, and
@@ -51,10 +52,18 @@ class Adam:
     def __init__(self, params: Iterable[Tensor], lr: float = 0.05, betas: tuple[float, float] = (0.9, 0.999),
                  eps: float = 1e-8, weight_decay: float = 0.0, per_image: bool = False) -> None:
         self.params = list(params)
+        if any(p.is_complex() for p in self.params):
+            raise ArgumentError("{adam} steps real parameters only; a complex one goes to {torch_adam}", kind="dtype",
+                                value="complex", adam=Arg(Adam), torch_adam="torch.optim.Adam")
         self.lr, (self.beta1, self.beta2), self.eps, self.weight_decay = lr, betas, eps, weight_decay
         self.per_image = per_image
         self.steps = [0] * len(self.params)
-        self.moments = [(torch.zeros_like(p), torch.zeros_like(image_mean(p) if per_image else p)) for p in self.params]
+        self.moments = [(torch.zeros_like(p), torch.zeros_like(image_mean(p) if self.by_image(p) else p))
+                        for p in self.params]
+
+    def by_image(self, p: Tensor) -> bool:
+        """Whether `p` gets one second moment per image: with `per_image`, unless it is a vector or a scalar."""
+        return self.per_image and p.dim() > 1
 
     def zero_grad(self, set_to_none: bool = True) -> None:
         for p in self.params:
@@ -71,7 +80,7 @@ class Adam:
             self.steps[i] += 1
             grad = p.grad if self.weight_decay == 0 else p.grad.add(p, alpha=self.weight_decay)
             exp_avg.lerp_(grad, 1 - self.beta1)
-            if self.per_image:
+            if self.by_image(p):
                 exp_avg_sq.mul_(self.beta2).add_(image_mean(grad * grad), alpha=1 - self.beta2)
             else:
                 exp_avg_sq.mul_(self.beta2).addcmul_(grad, grad, value=1 - self.beta2)
@@ -82,7 +91,18 @@ class Adam:
 
 def image_mean(x: Tensor) -> Tensor:
     """The mean over all dimensions but the first, kept as size-1 dimensions: one value per image."""
-    return x.mean(tuple(range(1, x.dim())), keepdim=True) if x.dim() > 1 else x
+    return x.mean(tuple(range(1, x.dim())), keepdim=True)
+
+
+def check_images_first(per_image: bool, param: type) -> None:
+    """Refuse Adam per image on a parameterization (a `Param` class) whose tensors do not hold one image per
+    first index: its second moment would be shared across the images it should keep apart."""
+    if per_image and not getattr(param, "images_first", True):
+        raise ArgumentError("{per_image} needs a parameterization with the images along each tensor's first "
+                            "dimension; {param} shares or folds its values across them: use {fourier}, {pixel} or "
+                            "{plain}", kind="param", value=param.__name__, per_image=Arg(Adam, "per_image", True),
+                            param=Arg(param), fourier=Arg(Fourier), pixel=Arg(Pixel),
+                            plain=Arg(Adam, "per_image", False))
 
 
 def create(factory: OptimizerFactory, params: list[torch.nn.Parameter]) -> Stepper:

@@ -56,7 +56,14 @@ def spectrum_scale(size: int, decay_power: float) -> Tensor:
 
 
 class Param(nn.Module):
-    """Base of every parameterization: subclasses define `raw()`."""
+    """Base of every parameterization: subclasses define `raw()`.
+
+    `images_first` says that each of its tensors holds the batch's images along its first dimension,
+    which Adam's per-image second moment (`optimizers.Adam(per_image=True)`) relies on; a
+    parameterization whose values are shared across the images, or folded with them, sets it False.
+    """
+
+    images_first = True
 
     def __init__(self, decorrelate: bool) -> None:
         super().__init__()
@@ -118,6 +125,8 @@ class LowRes(Param):
     images share them (Lucid's `lowres_tensor`); on its own it is a low-resolution image.
     """
 
+    images_first = False
+
     def __init__(self, batch: int, size: int, factor: int = 4, frames: int | None = None, sd: float = 0.01,
                  decorrelate: bool = True, channels: int = 3) -> None:
         super().__init__(decorrelate)
@@ -134,6 +143,8 @@ class LowRes(Param):
 @ranges(levels=at_least(1, "at least 1 level (1: the full-resolution image alone)"))
 class LaplacianPyramid(Param):
     """A sum of `levels` images at resolutions size, size/2, size/4, ... (Lucid's `laplacian_pyramid`)."""
+
+    images_first = False
 
     def __init__(self, batch: int, size: int, levels: int = 4, sd: float = 0.01, decorrelate: bool = True,
                  channels: int = 3) -> None:
@@ -156,6 +167,8 @@ class Shared(Param):
     over the batch. Shared parts make the images of an interpolation change smoothly from one to the next.
     """
 
+    images_first = False
+
     def __init__(self, batch: int, size: int, base: Callable[..., Param],
                  shared: Sequence[Sequence[int]] = ((1, 2), (1, 4), (1, 8), (2, 8), (1, 16), (2, 16)),
                  channels: int = 3) -> None:
@@ -176,6 +189,8 @@ class CPPN(Param):
     Eight 1×1 convolutions of 24 channels with Lucid's composite activation (atan, and its square).
     Needs a smaller learning rate than the image bases (Lucid uses Adam at 0.005).
     """
+
+    images_first = False
 
     def __init__(self, batch: int, size: int, hidden: int = 24, layers: int = 8, decorrelate: bool = False,
                  channels: int = 3) -> None:

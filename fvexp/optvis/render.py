@@ -18,7 +18,7 @@ from tqdm import tqdm
 from fvexp.errors import ArgumentError, Setting
 from fvexp.optvis.features import FeatureModel
 from fvexp.optvis.objectives import INPUT, Objective
-from fvexp.optvis.optimizers import OptimizerFactory, create
+from fvexp.optvis.optimizers import OptimizerFactory, check_images_first, create
 from fvexp.optvis.transforms import Compose
 
 
@@ -105,6 +105,7 @@ def render(
     """
     generator = torch.Generator().manual_seed(seed)  # CPU generator: same draws on every device
     opt = create(optimizer, list(param.parameters()))
+    check_images_first(getattr(opt, "per_image", False), type(param))
     image = param()
     bar = tqdm(total=steps, desc="fvexp", unit="step", disable=not progress, dynamic_ncols=True)
     every = read_every or (1 if image.device.type == "cpu" else READ_EVERY)
